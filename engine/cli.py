@@ -1,0 +1,151 @@
+"""The `synthkiln` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from synthkiln.engine.errors import SynthkilnError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except SynthkilnError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: committed shards are kept; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="synthkiln", description="Verified synthetic training data, self-hosted.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="generate a dataset from a recipe (resumes an interrupted run)")
+    run.add_argument("recipe", help="recipe file (.toml, .yaml)")
+    run.add_argument("--out", help="dataset directory (default: output.dir, or out/<name>)")
+    run.add_argument("--limit", type=int, help="stop once at least N rows are accepted")
+    _add_set(run)
+    run.add_argument("--fresh", action="store_true", help="discard a previous run in the directory")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(handler=_run)
+
+    inspect = commands.add_parser("inspect", help="show a dataset directory: funnel, schema, a few rows")
+    inspect.add_argument("dir")
+    inspect.add_argument("--rows", type=int, default=3, help="rows to show (default 3)")
+    inspect.set_defaults(handler=_inspect)
+
+    models = commands.add_parser("models", help="manage embedded models")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    prepare = model_commands.add_parser("prepare", help="convert an embedded model to safetensors (cached)")
+    prepare.add_argument("name", nargs="?", default="smollm2")
+    prepare.set_defaults(handler=_models_prepare)
+
+    config = commands.add_parser("config", help="recipe tools")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    show = config_commands.add_parser("show", help="print the resolved recipe, defaults included")
+    show.add_argument("recipe")
+    _add_set(show)
+    show.add_argument("--format", choices=["toml", "yaml", "json"], default="toml")
+    show.set_defaults(handler=_config_show)
+    return parser
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a recipe key, e.g. --set sampling.temperature=0 (repeatable)",
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from synthkiln.engine.pipeline import Pipeline
+
+    if args.limit is not None and args.limit < 1:
+        raise SynthkilnError(f"--limit must be at least 1, got {args.limit}")
+    with Pipeline.from_recipe(args.recipe, args.overrides) as pipeline:
+        out = Path(args.out) if args.out else pipeline.recipe.output_dir
+        manifest = pipeline.run(out, limit=args.limit, fresh=args.fresh, progress=not args.quiet)
+    print(format_funnel(manifest))
+    print(f"dataset: {out}")
+    return 0
+
+
+def format_funnel(manifest: dict[str, Any]) -> str:
+    funnel = manifest["funnel"]
+    lines = [
+        f"prompts   {funnel['prompts']:>8}",
+        f"samples   {funnel['samples']:>8}",
+        f"accepted  {funnel['accepted']:>8}",
+    ]
+    rejected = funnel["rejected"]
+    total = sum(sum(reasons.values()) for reasons in rejected.values())
+    lines.append(f"rejected  {total:>8}")
+    for stage, reasons in rejected.items():
+        for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {stage + ': ' + reason:<30} {count:>6}")
+    timing = manifest["timing"]
+    lines.append(
+        f"tokens    {manifest['tokens']['completion']:>8} generated; "
+        f"{timing['generation_seconds']:.1f} s generating, {timing['wall_seconds']:.1f} s wall"
+    )
+    return "\n".join(lines)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import pyarrow.dataset as ds
+
+    from synthkiln.engine.writer import MANIFEST
+
+    directory = Path(args.dir)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise SynthkilnError(f"{directory}: no {MANIFEST}; not a synthkiln dataset directory")
+    manifest = json.loads(manifest_path.read_text())
+    state = "complete" if manifest.get("complete") else "incomplete (rerun `synthkiln run` to resume)"
+    print(f"{manifest['name']}  recipe {manifest['recipe_hash']}  {state}")
+    print(format_funnel(manifest))
+    shards = [directory / s["path"] for s in manifest["shards"]["data"]]
+    if not shards:
+        print("no accepted rows yet")
+        return 0
+    table = ds.dataset(shards, format="parquet").head(args.rows)
+    print("\nschema:")
+    print(table.schema.to_string(show_schema_metadata=False))
+    print()
+    for row in table.to_pylist():
+        prompt = next((m["content"] for m in row["messages"] if m["role"] == "user"), "")
+        print(f"- id {row['id']}  teacher {row['teacher']}  verified {row['verified']}")
+        print(f"  prompt:   {_clip(prompt)}")
+        print(f"  response: {_clip(row['response'])}")
+    return 0
+
+
+def _clip(text: str, width: int = 160) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _models_prepare(args: argparse.Namespace) -> int:
+    from synthkiln.engine.models import prepare_embedded
+
+    print(prepare_embedded(args.name))
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from synthkiln.engine.config import dump_recipe, load_recipe
+
+    print(dump_recipe(load_recipe(args.recipe, args.overrides), args.format), end="")
+    return 0
+
+
+if __name__ == "__main__":  # vLLM's worker processes re-import the entry point: keep it guarded
+    sys.exit(main())

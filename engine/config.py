@@ -1,0 +1,425 @@
+"""Recipes: validated pydantic models with defaults and field docs, loaded from TOML or YAML.
+
+Paths inside a recipe file are relative to that file; paths given with ``--set`` are relative to the
+current directory, like any other command-line path.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from synthkiln.engine.errors import RecipeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SeedsConfig(_Strict):
+    """Where seed rows (human prompts, problems or documents) come from."""
+
+    path: str | None = Field(None, description="Local JSONL, JSONL.gz or Parquet file of seed rows.")
+    hf_dataset: str | None = Field(
+        None, description="Hugging Face dataset name, used when `path` is unset (needs network and `[hf]`)."
+    )
+    hf_config: str | None = Field(None, description="Configuration name of the Hugging Face dataset.")
+    split: str = Field("train", description="Split of the Hugging Face dataset.")
+    limit: int | None = Field(None, ge=1, description="Read only the first N seed rows.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SeedsConfig:
+        if (self.path is None) == (self.hf_dataset is None):
+            raise ValueError("set exactly one of `path` or `hf_dataset`")
+        return self
+
+
+class _TaskBase(_Strict):
+    template: str | None = Field(
+        None, description="Jinja template (inline) for the user message, replacing the built-in one."
+    )
+    template_file: str | None = Field(None, description="File holding the Jinja template for the user message.")
+    system: str | None = Field(None, description="System message sent before the user message.")
+    domain: str | None = Field(None, description="Domain label recorded on every row.")
+    personas: list[str] = Field(default_factory=list, description="Personas rotated over prompts for coverage.")
+    formats: list[str] = Field(default_factory=list, description="Answer formats rotated over prompts.")
+    difficulties: list[str] = Field(default_factory=list, description="Difficulty levels rotated over prompts.")
+    prompts_per_seed: int = Field(1, ge=1, description="Prompts rendered per seed row (rotation steps).")
+
+    @model_validator(mode="after")
+    def _one_template(self) -> _TaskBase:
+        if self.template is not None and self.template_file is not None:
+            raise ValueError("set `template` or `template_file`, not both")
+        return self
+
+
+class InstructionTask(_TaskBase):
+    """Seed instruction (or topic) -> question/answer pair or multi-turn conversation."""
+
+    kind: Literal["instruction"]
+    instruction_field: str = Field("instruction", description="Seed field holding the instruction or topic.")
+    from_topic: bool = Field(
+        False, description="Treat the seed field as a topic: the teacher writes the questions too."
+    )
+    turns: int = Field(1, ge=1, le=8, description="User/assistant exchanges per conversation.")
+
+
+class ReasoningTask(_TaskBase):
+    """Problem -> step-by-step solution checked backwards, with an extracted final answer."""
+
+    kind: Literal["reasoning"]
+    question_field: str = Field("question", description="Seed field holding the problem.")
+    answer_field: str | None = Field(
+        "answer", description="Seed field holding the ground truth (a `#### 42` tail is understood)."
+    )
+
+
+class AugmentationTask(_TaskBase):
+    """Human document -> one variant per entry of `variants`."""
+
+    kind: Literal["augmentation"]
+    text_field: str = Field("text", description="Seed field holding the document.")
+    variants: list[Literal["paraphrase", "reformat", "translate", "extend"]] = Field(
+        default_factory=lambda: ["paraphrase"], min_length=1, description="Variants written per document."
+    )
+    language: str = Field("French", description="Target language of the `translate` variant.")
+
+
+class DomainTask(_TaskBase):
+    """User template with slots filled from seed fields, plus constraints the answer must follow."""
+
+    kind: Literal["domain"]
+    constraints: list[str] = Field(default_factory=list, description="Constraints appended to the prompt.")
+
+    @model_validator(mode="after")
+    def _needs_template(self) -> DomainTask:
+        if self.template is None and self.template_file is None:
+            raise ValueError("a domain task needs `template` or `template_file` (there is no built-in one)")
+        return self
+
+
+TaskConfig = Annotated[
+    InstructionTask | ReasoningTask | AugmentationTask | DomainTask, Field(discriminator="kind")
+]
+
+
+class _TeacherBase(_Strict):
+    name: str | None = Field(None, description="Name recorded on rows; defaults to the backend name.")
+    weight: float = Field(1.0, gt=0, description="Share of prompts sent to this teacher, relative to the others.")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.backend  # type: ignore[attr-defined]
+
+
+class TransformersTeacherConfig(_TeacherBase):
+    """Local generation with Hugging Face transformers (CPU or GPU)."""
+
+    backend: Literal["transformers"]
+    model: str = Field(
+        "embedded:smollm2", description="Model directory, hub id, or `embedded:smollm2` (the shipped model)."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="`auto`: float32 on CPU, bfloat16 on GPU."
+    )
+    batch_size: int = Field(8, ge=1, description="Prompts per forward batch.")
+
+
+class VLLMTeacherConfig(_TeacherBase):
+    """Offline vLLM engine on this node."""
+
+    backend: Literal["vllm"]
+    model: str = Field("embedded:smollm2", description="Safetensors model directory, hub id or `embedded:...`.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is sharded over.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory vLLM may take.")
+    max_model_len: int | None = Field(None, ge=16, description="Context length cap (saves KV-cache memory).")
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs (always on for the CPU build).")
+
+
+class OpenAITeacherConfig(_TeacherBase):
+    """Any OpenAI-compatible chat completions server (vllm serve, llama.cpp server, hosted APIs)."""
+
+    backend: Literal["openai"]
+    model: str = Field(description="Model name the server knows.")
+    base_url: str = Field(description="API root, e.g. http://127.0.0.1:8000/v1.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key, if any.")
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+    timeout_s: float = Field(120.0, gt=0, description="Timeout of one request, in seconds.")
+    max_retries: int = Field(5, ge=0, description="Retries on 429, 5xx and connection errors, with backoff.")
+
+
+TeacherConfig = Annotated[
+    TransformersTeacherConfig | VLLMTeacherConfig | OpenAITeacherConfig, Field(discriminator="backend")
+]
+
+
+class SamplingConfig(_Strict):
+    """Sampling settings shared by all teachers. `temperature = 0` decodes greedily."""
+
+    temperature: float = Field(0.7, ge=0, description="0 decodes greedily (reproducible rows).")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    max_tokens: int = Field(512, ge=1, description="Most tokens generated per sample.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end a sample.")
+
+
+class GenerationConfig(_Strict):
+    """How many samples to draw and which to keep."""
+
+    samples_per_prompt: int = Field(1, ge=1, description="Samples drawn per prompt.")
+    keep: Literal["all", "first"] = Field(
+        "all", description="`all`: every sample passing all stages; `first`: the first passing one per prompt."
+    )
+    batch_size: int = Field(16, ge=1, description="Prompts per generation step (also the resume granularity).")
+
+
+class FiltersConfig(_Strict):
+    """Cheap filters run before any verifier."""
+
+    min_words: int = Field(1, ge=0, description="Reject responses with fewer words.")
+    max_words: int | None = Field(None, ge=1, description="Reject responses with more words.")
+    refusal: bool = Field(True, description="Reject refusals (\"I'm sorry, but I can't...\").")
+    unterminated: bool = Field(True, description="Reject samples cut off by `max_tokens`.")
+
+
+class OutputConfig(_Strict):
+    """Where and how the dataset directory is written."""
+
+    dir: str | None = Field(None, description="Dataset directory; defaults to `out/<name>`.")
+    shard_rows: int = Field(1000, ge=1, description="Commit a shard once this many rows are pending.")
+    commit_seconds: float = Field(60.0, gt=0, description="Commit pending rows at least this often.")
+
+
+class Recipe(_Strict):
+    """A whole synthkiln run: seeds -> task -> teachers -> stages -> dataset directory."""
+
+    name: str = Field(description="Dataset name (card title, default output directory).")
+    seed: int = Field(0, description="Base of every per-request sampling seed.")
+    seeds: SeedsConfig
+    task: TaskConfig
+    teachers: list[TeacherConfig] = Field(
+        default_factory=lambda: [TransformersTeacherConfig(backend="transformers")],
+        min_length=1,
+        description="One or more teachers; prompts are split among them by weight.",
+    )
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _unique_teacher_names(self) -> Recipe:
+        labels = [t.label for t in self.teachers]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"teacher names must be unique, got {labels}; set `name` on each teacher")
+        return self
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output.dir or f"out/{self.name}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def content_hash(self) -> str:
+        """Hash of everything that decides the rows (output placement excluded)."""
+        content = self.to_dict()
+        content.pop("output")
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+_RELATIVE_TO_RECIPE = (("seeds", "path"), ("task", "template_file"))
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a TOML or YAML recipe, apply ``key.path=value`` overrides, and validate it."""
+    path = Path(path)
+    data = _read_mapping(path)
+    for keys in _RELATIVE_TO_RECIPE:
+        _resolve_path(data, keys, path.parent)
+    overridden: set[tuple[str | int, ...]] = set()
+    for override in overrides:
+        overridden.add(apply_override(data, override))
+    return validate_recipe(data, source=str(path), overridden=overridden)
+
+
+def validate_recipe(
+    data: dict[str, Any], source: str = "<recipe>", overridden: set[tuple[str | int, ...]] | None = None
+) -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe_error(err, data, overridden or set()) for err in exc.errors()]
+        raise RecipeError(f"{source}: invalid recipe:\n  " + "\n  ".join(lines)) from None
+
+
+def apply_override(data: dict[str, Any], override: str) -> tuple[str | int, ...]:
+    """Set ``a.b.0.c=value`` in ``data``; the value is read as TOML (``3``, ``true``, ``["x"]``) or kept as text."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set {override!r}: expected KEY=VALUE, e.g. --set sampling.temperature=0")
+    parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        nxt = parts[depth + 1]
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                where = ".".join(map(str, parts[: depth + 1]))
+                raise RecipeError(f"--set {key}: no list item at '{where}'")
+            node = node[part]
+            continue
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set {key}: '{part}' is not inside a table")
+        if part not in node:
+            node[part] = [] if isinstance(nxt, int) else {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(last, int):
+        if not isinstance(node, list) or last > len(node):
+            raise RecipeError(f"--set {key}: no list item {last}")
+        if last == len(node):
+            node.append(value)
+        else:
+            node[last] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise RecipeError(f"--set {key}: '{parts[-2]}' is not a table")
+    return tuple(parts)
+
+
+def dump_recipe(recipe: Recipe, fmt: Literal["toml", "yaml", "json"] = "toml") -> str:
+    data = _drop_none(recipe.to_dict())
+    if fmt == "json":
+        return json.dumps(data, indent=2) + "\n"
+    if fmt == "yaml":
+        return yaml.safe_dump(data, sort_keys=False)
+    import tomli_w
+
+    return tomli_w.dumps(data)
+
+
+def _drop_none(value: Any) -> Any:
+    # TOML has no null: an unset optional key is simply absent.
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        else:
+            raise RecipeError(f"{path}: unknown recipe format '{suffix}' (use .toml, .yaml or .yml)")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise RecipeError(f"{path}: cannot parse: {exc}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a table/mapping at the top level")
+    return data
+
+
+def _resolve_path(data: dict[str, Any], keys: tuple[str, ...], base: Path) -> None:
+    node: Any = data
+    for key in keys[:-1]:
+        node = node.get(key) if isinstance(node, dict) else None
+    if isinstance(node, dict) and isinstance(node.get(keys[-1]), str):
+        value = Path(node[keys[-1]]).expanduser()
+        if not value.is_absolute():
+            node[keys[-1]] = str((base / value).resolve())
+
+
+def _describe_error(err: dict[str, Any], data: dict[str, Any], overridden: set[tuple[str | int, ...]]) -> str:
+    key_path, parent, parent_model = _walk(err["loc"], data)
+    dotted = ".".join(map(str, key_path)) or "<top level>"
+    origin = " (from --set)" if tuple(key_path) in overridden else ""
+    if err["type"] == "extra_forbidden":
+        message = f"unknown key '{dotted}'{origin}"
+        if parent_model is not None:
+            close = difflib.get_close_matches(str(key_path[-1]), list(parent_model.model_fields), n=1)
+            if close:
+                message += f"; did you mean '{close[0]}'?"
+        return message
+    if err["type"] == "missing":
+        return f"missing key '{dotted}'"
+    got = err.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    return f"'{dotted}'{origin}: {err['msg']}{shown}"
+
+
+def _walk(loc: tuple[Any, ...], data: Any) -> tuple[list[str | int], Any, type[BaseModel] | None]:
+    """Map a pydantic error location onto the user's key path and the model expected there.
+
+    Discriminated unions insert their tag (e.g. ``reasoning``) into the location; the user never wrote
+    it, so parts that do not exist in the data are skipped, except the last (a missing/extra key).
+    """
+    key_path: list[str | int] = []
+    node, model = data, Recipe
+    parent_model: type[BaseModel] | None = Recipe
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        present = (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and part < len(node)
+        )
+        if not present and not last:
+            model = _union_member(model, part)
+            continue
+        key_path.append(part)
+        parent_model = model if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if present:
+            node = node[part]
+            model = _field_model(model, part)
+    return key_path, node, parent_model
+
+
+def _field_model(model: Any, part: Any) -> Any:
+    if isinstance(part, int):
+        return model  # a list item keeps the list's item type
+    if isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields:
+        annotation = model.model_fields[part].annotation
+        if get_origin(annotation) is list:
+            return get_args(annotation)[0]
+        return annotation
+    return None
+
+
+def _union_member(model: Any, tag: Any) -> Any:
+    if get_origin(model) is Annotated:
+        model = get_args(model)[0]
+    for member in get_args(model):
+        fields = getattr(member, "model_fields", {})
+        for discriminator in ("kind", "backend"):
+            if discriminator in fields and tag in get_args(fields[discriminator].annotation):
+                return member
+    return model
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    """Build a recipe in Python (launchers); same validation and messages as a file."""
+    return validate_recipe(copy.deepcopy(data))

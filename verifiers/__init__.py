@@ -1,0 +1,1 @@
+"""Sandboxed verifier pool and verifiers (see DESIGN.md, "Verifiers and the sandbox")."""
