@@ -24,7 +24,7 @@ def extract_final_answer(text: str) -> str | None:
         matches = pattern.findall(text)
         if matches:
             answer = matches[-1].strip().splitlines()[0].strip()
-            return answer.rstrip(".").strip().strip("*").strip() or None
+            return answer.replace("*", "").rstrip(".").strip() or None
     numbers = _NUMBER.findall(text)
     return numbers[-1].rstrip(".") if numbers else None
 
