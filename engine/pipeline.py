@@ -71,6 +71,7 @@ class Pipeline:
         self.task: Task = build_task(recipe.task)
         self.stages = stages if stages is not None else default_stages(recipe)
         self._teachers = teachers
+        self._owns_teachers = teachers is None  # teachers passed in are the caller's to close
 
     @classmethod
     def from_recipe(
@@ -93,9 +94,10 @@ class Pipeline:
         return self._teachers
 
     def close(self) -> None:
-        for teacher in self._teachers or []:
-            teacher.close()
-        self._teachers = None
+        if self._owns_teachers:
+            for teacher in self._teachers or []:
+                teacher.close()
+            self._teachers = None
 
     def __enter__(self) -> Pipeline:
         return self

@@ -81,7 +81,7 @@ class DatasetWriter:
 
     def commit(self, complete: bool | None = None) -> None:
         """Write pending rows as shards and publish them in the manifest (atomic)."""
-        index = len(self.manifest["shards"]["data"]) + len(self.manifest["shards"]["rejected"])
+        index = self.manifest["commits"]
         new_shards: dict[str, list[dict[str, Any]]] = {"data": [], "rejected": []}
         kept = pa.Table.from_batches(self._pending_kept, ROW_SCHEMA) if self._pending_kept else None
         rejected = (
@@ -147,6 +147,7 @@ class DatasetWriter:
             manifest["shards"][folder].extend(shards)
         if complete is not None:
             manifest["complete"] = complete
+        manifest["commits"] += 1
 
     def _open(self, run_info: dict[str, Any]) -> dict[str, Any]:
         recipe_hash = self.recipe.content_hash()
@@ -174,6 +175,7 @@ class DatasetWriter:
             "recipe": self.recipe.to_dict(),
             **run_info,
             "runs": 1,
+            "commits": 0,
             "complete": False,
             "funnel": {"prompts": 0, "seeds_quarantined": 0, "samples": 0, "accepted": 0, "rejected": {}},
             "tokens": {"prompt": 0, "completion": 0},

@@ -1,0 +1,132 @@
+"""The pipeline end to end on the real embedded model (short generations)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from synthkiln.engine.pipeline import Pipeline
+from synthkiln.engine.schema import ROW_SCHEMA
+from tests.conftest import QUICK_INSTRUCTIONS
+
+pytestmark = pytest.mark.slow
+
+
+def instruction_recipe(seeds: Path, **extra) -> dict:
+    recipe = {
+        "name": "pipeline-test",
+        "seeds": {"path": str(seeds)},
+        "task": {"kind": "instruction"},
+        "sampling": {"temperature": 0, "max_tokens": 12},
+        "filters": {"unterminated": False},
+        "generation": {"batch_size": 2},
+    }
+    for section, values in extra.items():
+        recipe[section] = {**recipe.get(section, {}), **values}
+    return recipe
+
+
+@pytest.fixture
+def seeds(tmp_path: Path) -> Path:
+    path = tmp_path / "seeds.jsonl"
+    lines = [json.dumps({"instruction": text}) for text in QUICK_INSTRUCTIONS]
+    lines.insert(2, '{"instruction": broken')  # a bad row in the middle
+    lines.append(json.dumps({"question": "no instruction field"}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_run_writes_dataset_and_quarantines_bad_rows(tmp_path: Path, seeds: Path, hf_teacher) -> None:
+    with Pipeline.from_recipe(instruction_recipe(seeds), teachers=[hf_teacher]) as pipeline:
+        manifest = pipeline.run(tmp_path / "out", progress=False)
+    data = pq.read_table(tmp_path / "out" / "data")
+    assert data.num_rows == len(QUICK_INSTRUCTIONS)
+    assert set(data.column("teacher").to_pylist()) == {"transformers"}
+    first = data.to_pylist()[0]
+    assert first["messages"][-1] == {"role": "assistant", "content": first["response"]}
+    assert first["completion_tokens"] == 12 and first["prompt_tokens"] > 10
+    assert first["source"] == "synthetic" and first["template_hash"]
+    rejected = pq.read_table(tmp_path / "out" / "rejected").to_pylist()
+    details = sorted(r["detail"] for r in rejected)
+    assert details[0].startswith("seeds.jsonl line 3: invalid JSON")
+    assert details[1] == "seeds.jsonl line 6: field 'instruction' is missing"
+    assert manifest["funnel"]["seeds_quarantined"] == 2
+    assert manifest["complete"] is True
+    assert manifest["teachers"][0]["model"] == "SmolLM2-135M-Instruct"
+    assert manifest["seeds"]["sha256"]
+
+
+def test_stream_yields_arrow_batches_without_writing(tmp_path: Path, seeds: Path, hf_teacher) -> None:
+    pipeline = Pipeline.from_recipe(instruction_recipe(seeds), teachers=[hf_teacher])
+    batches = list(pipeline.stream(limit=3))
+    assert all(isinstance(b, pa.RecordBatch) and b.schema.equals(ROW_SCHEMA) for b in batches)
+    assert sum(len(b) for b in batches) in (3, 4)  # stops after the step that reaches the limit
+    assert not (tmp_path / "out").exists()
+
+
+def test_keep_first_and_reference_verification(tmp_path: Path, gsm8k_dir: Path, hf_teacher) -> None:
+    recipe = {
+        "name": "gsm8k-test",
+        "seeds": {"path": str(gsm8k_dir / "train.jsonl"), "limit": 2},
+        "task": {"kind": "reasoning"},
+        "sampling": {"temperature": 0.8, "max_tokens": 48},
+        "filters": {"unterminated": False},
+        "generation": {"samples_per_prompt": 3, "keep": "first", "batch_size": 2},
+    }
+    with Pipeline.from_recipe(recipe, teachers=[hf_teacher]) as pipeline:
+        manifest = pipeline.run(tmp_path / "out", progress=False)
+    funnel = manifest["funnel"]
+    assert funnel["prompts"] == 2 and funnel["samples"] == 6
+    rows = pq.read_table(tmp_path / "out" / "data").to_pylist()
+    rejected = pq.read_table(tmp_path / "out" / "rejected").to_pylist() if funnel["accepted"] < 6 else []
+    assert len(rows) + len(rejected) == 6
+    assert len({r["prompt_id"] for r in rows}) == len(rows)  # at most one kept sample per prompt
+    for row in rows:
+        assert row["verified"] is True and row["reference"] is not None
+    for row in rejected:
+        assert row["stage"] in {"reference", "select", "length", "refusal", "empty"}
+        if row["stage"] == "reference":
+            assert row["verified"] is False or row["answer"] is None
+    # GSM8K references are the number after "####".
+    first_seed = json.loads((gsm8k_dir / "train.jsonl").read_text().splitlines()[0])
+    references = {r["reference"] for r in rows + rejected if r["seed_row"] == 1}
+    assert references == {first_seed["answer"].rsplit("####", 1)[1].strip()}
+
+
+def test_generate_verified_batch_for_launchers(hf_teacher) -> None:
+    recipe = {
+        "name": "api",
+        "seeds": {"path": "unused.jsonl"},
+        "task": {"kind": "instruction"},
+        "sampling": {"temperature": 0.7, "max_tokens": 16},
+        "filters": {"unterminated": False},
+        "generation": {"keep": "first"},
+    }
+    with Pipeline.from_recipe(recipe, teachers=[hf_teacher]) as pipeline:
+        table = pipeline.generate_verified_batch(QUICK_INSTRUCTIONS[:2], samples_per_prompt=2)
+    assert isinstance(table, pa.Table) and table.schema.equals(ROW_SCHEMA)
+    assert 1 <= table.num_rows <= 2
+    assert set(table.column("seed_source").to_pylist()) == {"<api>"}
+
+
+def test_several_teachers_share_prompts_by_weight(tmp_path: Path, seeds: Path, embedded_model_dir: Path) -> None:
+    recipe = instruction_recipe(seeds, sampling={"max_tokens": 4})
+    recipe["teachers"] = [
+        {"backend": "transformers", "name": "big-share", "weight": 3, "model": str(embedded_model_dir)},
+        {"backend": "transformers", "name": "small-share", "weight": 1, "model": str(embedded_model_dir)},
+    ]
+    recipe["seeds"]["limit"] = None
+    path = tmp_path / "many.jsonl"
+    path.write_text("\n".join(json.dumps({"instruction": f"Say the number {i}."}) for i in range(24)) + "\n")
+    recipe["seeds"]["path"] = str(path)
+    recipe["generation"]["batch_size"] = 24
+    with Pipeline.from_recipe(recipe) as pipeline:
+        manifest = pipeline.run(tmp_path / "out", progress=False)
+    teachers = pq.read_table(tmp_path / "out" / "data").column("teacher").to_pylist()
+    counts = {name: teachers.count(name) for name in ("big-share", "small-share")}
+    assert counts["big-share"] > counts["small-share"] > 0
+    assert [t["name"] for t in manifest["teachers"]] == ["big-share", "small-share"]
