@@ -362,7 +362,8 @@ def _describe_error(err: dict[str, Any], data: dict[str, Any], overridden: set[t
     if err["type"] == "extra_forbidden":
         message = f"unknown key '{dotted}'{origin}"
         if parent_model is not None:
-            close = difflib.get_close_matches(str(key_path[-1]), list(parent_model.model_fields), n=1)
+            typed, fields = str(key_path[-1]), list(parent_model.model_fields)
+            close = [f for f in fields if f.startswith(typed)] or difflib.get_close_matches(typed, fields, n=1)
             if close:
                 message += f"; did you mean '{close[0]}'?"
         return message

@@ -36,7 +36,7 @@ def describe_seeds(config: SeedsConfig) -> dict[str, Any]:
     """Provenance of the seeds for the manifest: the file and its sha256, or the dataset name."""
     if config.path:
         digest = hashlib.sha256()
-        with open(config.path, "rb") as handle:
+        with open(_existing(Path(config.path)), "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         return {"path": config.path, "sha256": digest.hexdigest(), "limit": config.limit}
@@ -47,7 +47,7 @@ def count_seeds(config: SeedsConfig) -> int | None:
     """Number of seed rows when cheap to know (sizes the progress bar), else None."""
     if not config.path:
         return None
-    path = Path(config.path)
+    path = _existing(Path(config.path))
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -60,10 +60,14 @@ def count_seeds(config: SeedsConfig) -> int | None:
     return min(total, config.limit) if config.limit else total
 
 
-def _read_file(path: Path) -> Iterator[SeedRow]:
+def _existing(path: Path) -> Path:
     if not path.is_file():
         raise SeedsError(f"{path}: seeds file not found")
-    name = path.name
+    return path
+
+
+def _read_file(path: Path) -> Iterator[SeedRow]:
+    name = _existing(path).name
     if name.endswith(".parquet"):
         return _read_parquet(path)
     if name.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):

@@ -56,8 +56,11 @@ class TransformersTeacher(Teacher):
         ]
         inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self._device)
         n = requests[0].n
-        options: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "num_return_sequences": n}
-        if sampling.temperature > 0:
+        greedy = sampling.temperature == 0
+        # Greedy samples of one prompt are identical: decode once, copy n times.
+        drawn = 1 if greedy else n
+        options: dict[str, Any] = {"max_new_tokens": sampling.max_tokens, "num_return_sequences": drawn}
+        if not greedy:
             options.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
             # One generator drives the whole batch, so the batch's first seed stands for all of it;
             # batches are fixed windows of prompts, which keeps reruns reproducible.
@@ -77,7 +80,7 @@ class TransformersTeacher(Teacher):
                 raise ValueError("all requests of one batch must ask for the same n")
             samples = []
             for j in range(n):
-                tokens = output[i * n + j, prompt_width:].tolist()
+                tokens = output[i * drawn + j % drawn, prompt_width:].tolist()
                 samples.append(self._completion(tokens, eos_ids, int(prompt_lengths[i]), sampling))
             results.append(samples)
         return results

@@ -1,0 +1,138 @@
+"""The `synthkiln` command as users run it: real subprocesses, real model, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import REPO, synthkiln_command, write_recipe
+
+pytestmark = pytest.mark.slow
+
+RESUME_RECIPE = """
+name = "resume"
+[seeds]
+path = "{seeds}"
+[task]
+kind = "instruction"
+personas = ["a teacher", "a child"]
+[sampling]
+temperature = 0
+max_tokens = 20
+[generation]
+samples_per_prompt = 2
+batch_size = 2
+[filters]
+unterminated = false
+[output]
+shard_rows = 4
+"""
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([*synthkiln_command(), *args], capture_output=True, text=True, check=check, cwd=REPO)
+
+
+def data_rows(out: Path) -> list[dict]:
+    rows = pq.read_table(out / "data").to_pylist()
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def test_resume_after_sigkill_gives_the_clean_run(tmp_path: Path) -> None:
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"instruction": f"Name a fact about the number {i}."}) + "\n" for i in range(12)))
+    recipe = write_recipe(tmp_path, RESUME_RECIPE.format(seeds=seeds))
+    clean, crashed = tmp_path / "clean", tmp_path / "crashed"
+    run_cli("run", str(recipe), "--out", str(clean), "--quiet")
+
+    process = subprocess.Popen(
+        [*synthkiln_command(), "run", str(recipe), "--out", str(crashed), "--quiet"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    manifest = crashed / "manifest.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if manifest.is_file() and json.loads(manifest.read_text())["commits"] >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed = json.loads(manifest.read_text())
+    assert not killed["complete"], "the run finished before it could be killed; make it longer"
+    committed_before = {r["id"] for r in data_rows(crashed)}
+
+    resumed = run_cli("run", str(recipe), "--out", str(crashed), "--quiet")
+    assert "accepted" in resumed.stdout
+    final = json.loads(manifest.read_text())
+    assert final["complete"] and final["runs"] == 2
+    clean_rows, resumed_rows = data_rows(clean), data_rows(crashed)
+    assert committed_before <= {r["id"] for r in resumed_rows}  # nothing committed was lost
+    assert len(resumed_rows) == len({r["id"] for r in resumed_rows})  # nothing duplicated
+    assert resumed_rows == clean_rows  # greedy decoding: the very same rows
+    clean_manifest = json.loads((clean / "manifest.json").read_text())
+    assert final["funnel"] == clean_manifest["funnel"]
+    assert final["tokens"] == clean_manifest["tokens"]
+
+    again = run_cli("run", str(recipe), "--out", str(crashed), "--quiet")  # nothing left to do
+    assert data_rows(crashed) == clean_rows
+    assert "accepted        24" in again.stdout or json.loads(manifest.read_text())["funnel"] == final["funnel"]
+
+
+def test_limit_fresh_and_inspect(tmp_path: Path) -> None:
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"instruction": f"Count to {i}."}) + "\n" for i in range(6)))
+    recipe = write_recipe(tmp_path, RESUME_RECIPE.format(seeds=seeds))
+    out = tmp_path / "out"
+    run_cli("run", str(recipe), "--out", str(out), "--quiet", "--limit", "3", "--set", "sampling.max_tokens=6")
+    first = json.loads((out / "manifest.json").read_text())
+    assert 3 <= first["funnel"]["accepted"] < 3 + 4 and not first["complete"]
+    # Another recipe (different --set) refuses the directory unless --fresh.
+    refused = run_cli("run", str(recipe), "--out", str(out), "--quiet", check=False)
+    assert refused.returncode == 2 and "another recipe" in refused.stderr
+    run_cli("run", str(recipe), "--out", str(out), "--quiet", "--fresh", "--set", "sampling.max_tokens=6")
+    assert json.loads((out / "manifest.json").read_text())["complete"]
+    shown = run_cli("inspect", str(out))
+    assert "resume" in shown.stdout and "complete" in shown.stdout
+    assert "response:" in shown.stdout and "prompt_id: string" in shown.stdout
+
+
+def test_errors_name_the_culprit_and_exit_nonzero(tmp_path: Path) -> None:
+    missing_seeds = write_recipe(tmp_path, RESUME_RECIPE.format(seeds=tmp_path / "nope.jsonl"))
+    failed = run_cli("run", str(missing_seeds), "--out", str(tmp_path / "o"), "--quiet", check=False)
+    assert failed.returncode == 2
+    assert "nope.jsonl: seeds file not found" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    bad_key = run_cli("run", str(missing_seeds), "--set", "sampling.temp=1", check=False)
+    assert bad_key.returncode == 2 and "sampling.temp" in bad_key.stderr and "temperature" in bad_key.stderr
+    unreachable = write_recipe(
+        tmp_path,
+        RESUME_RECIPE.format(seeds=REPO / "examples/seeds/quickstart.jsonl")
+        + '[[teachers]]\nbackend = "openai"\nmodel = "m"\nbase_url = "http://127.0.0.1:9/v1"\nmax_retries = 1\n',
+        "unreachable.toml",
+    )
+    down = run_cli("run", str(unreachable), "--out", str(tmp_path / "u"), "--quiet", check=False)
+    assert down.returncode == 2
+    assert "http://127.0.0.1:9/v1/chat/completions failed after 2 attempts" in down.stderr
+    assert not pq.read_table(tmp_path / "u" / "data").num_rows if (tmp_path / "u" / "data").exists() else True
+
+
+def test_models_prepare_is_idempotent(embedded_model_dir: Path) -> None:
+    done = run_cli("models", "prepare")
+    assert Path(done.stdout.strip()) == embedded_model_dir
+    config = json.loads((embedded_model_dir / "config.json").read_text())
+    assert "quantization_config" not in config  # loadable by vLLM as a plain safetensors model
+    assert (embedded_model_dir / "model.safetensors").is_file()
+
+
+def test_help_lists_commands() -> None:
+    done = subprocess.run([sys.executable, "-m", "synthkiln.engine.cli", "--help"], capture_output=True, text=True)
+    for command in ("run", "inspect", "models", "config"):
+        assert command in done.stdout
