@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+
+from synthkiln.engine.config import SamplingConfig
+from synthkiln.engine.teachers import GenerationRequest
+from tests.conftest import QUICK_INSTRUCTIONS
+
+pytestmark = pytest.mark.slow
+
+
+def requests(n: int = 1, seed: int = 0) -> list[GenerationRequest]:
+    return [GenerationRequest([{"role": "user", "content": text}], n=n, seed=seed) for text in QUICK_INSTRUCTIONS]
+
+
+def test_generates_text_with_token_counts_and_finish_reasons(hf_teacher) -> None:
+    short = hf_teacher.generate(requests(), SamplingConfig(temperature=0, max_tokens=5))
+    assert [len(samples) for samples in short] == [1] * len(QUICK_INSTRUCTIONS)
+    for (completion,) in short:
+        assert completion.text.strip()
+        assert completion.finish_reason == "length" and completion.completion_tokens == 5
+        assert completion.prompt_tokens > 10
+    # "Say only yes" ends well before 64 tokens: an end-of-sequence stop with fewer tokens.
+    (yes,) = hf_teacher.generate(
+        [GenerationRequest([{"role": "user", "content": "Reply with just the word: yes"}])],
+        SamplingConfig(temperature=0, max_tokens=64),
+    )[0]
+    assert yes.finish_reason == "stop" and yes.completion_tokens < 64
+
+
+def test_greedy_is_batch_independent_and_sampling_follows_seeds(hf_teacher) -> None:
+    greedy = SamplingConfig(temperature=0, max_tokens=12)
+    batched = [s[0].text for s in hf_teacher.generate(requests(), greedy)]
+    alone = [hf_teacher.generate([r], greedy)[0][0].text for r in requests()]
+    assert batched == alone
+    hot = SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=12)
+    first = hf_teacher.generate(requests(n=3, seed=11)[:1], hot)[0]
+    again = hf_teacher.generate(requests(n=3, seed=11)[:1], hot)[0]
+    other = hf_teacher.generate(requests(n=3, seed=12)[:1], hot)[0]
+    assert [c.text for c in first] == [c.text for c in again]
+    assert len({c.text for c in first + other}) > 1
+
+
+def test_stop_strings_cut_the_text(hf_teacher) -> None:
+    request = [GenerationRequest([{"role": "user", "content": "List three fruits, one per line."}])]
+    full = hf_teacher.generate(request, SamplingConfig(temperature=0, max_tokens=40))[0][0].text
+    assert "\n" in full.strip()
+    cut = hf_teacher.generate(request, SamplingConfig(temperature=0, max_tokens=40, stop=["\n"]))[0][0]
+    assert "\n" not in cut.text and cut.finish_reason == "stop"
+    assert full.startswith(cut.text)
