@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="synthkiln", description="Verified synthetic training data, self-hosted.")
+    parser = argparse.ArgumentParser(
+        prog="synthkiln", description="Verified synthetic training data, self-hosted."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="generate a dataset from a recipe (resumes an interrupted run)")
@@ -60,7 +62,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a recipe key, e.g. --set sampling.temperature=0 (repeatable)",
     )
 

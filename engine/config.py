@@ -42,8 +42,8 @@ class SeedsConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> SeedsConfig:
-        if (self.path is None) == (self.hf_dataset is None):
-            raise ValueError("set exactly one of `path` or `hf_dataset`")
+        if self.path is None and self.hf_dataset is None:
+            raise ValueError("set `path` (a local file) or `hf_dataset`")
         return self
 
 
@@ -51,12 +51,18 @@ class _TaskBase(_Strict):
     template: str | None = Field(
         None, description="Jinja template (inline) for the user message, replacing the built-in one."
     )
-    template_file: str | None = Field(None, description="File holding the Jinja template for the user message.")
+    template_file: str | None = Field(
+        None, description="File holding the Jinja template for the user message."
+    )
     system: str | None = Field(None, description="System message sent before the user message.")
     domain: str | None = Field(None, description="Domain label recorded on every row.")
-    personas: list[str] = Field(default_factory=list, description="Personas rotated over prompts for coverage.")
+    personas: list[str] = Field(
+        default_factory=list, description="Personas rotated over prompts for coverage."
+    )
     formats: list[str] = Field(default_factory=list, description="Answer formats rotated over prompts.")
-    difficulties: list[str] = Field(default_factory=list, description="Difficulty levels rotated over prompts.")
+    difficulties: list[str] = Field(
+        default_factory=list, description="Difficulty levels rotated over prompts."
+    )
     prompts_per_seed: int = Field(1, ge=1, description="Prompts rendered per seed row (rotation steps).")
 
     @model_validator(mode="after")
@@ -118,7 +124,9 @@ TaskConfig = Annotated[
 
 class _TeacherBase(_Strict):
     name: str | None = Field(None, description="Name recorded on rows; defaults to the backend name.")
-    weight: float = Field(1.0, gt=0, description="Share of prompts sent to this teacher, relative to the others.")
+    weight: float = Field(
+        1.0, gt=0, description="Share of prompts sent to this teacher, relative to the others."
+    )
 
     @property
     def label(self) -> str:
@@ -142,7 +150,9 @@ class VLLMTeacherConfig(_TeacherBase):
     """Offline vLLM engine on this node."""
 
     backend: Literal["vllm"]
-    model: str = Field("embedded:smollm2", description="Safetensors model directory, hub id or `embedded:...`.")
+    model: str = Field(
+        "embedded:smollm2", description="Safetensors model directory, hub id or `embedded:...`."
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is sharded over.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory vLLM may take.")
@@ -156,7 +166,9 @@ class OpenAITeacherConfig(_TeacherBase):
     backend: Literal["openai"]
     model: str = Field(description="Model name the server knows.")
     base_url: str = Field(description="API root, e.g. http://127.0.0.1:8000/v1.")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key, if any.")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the API key, if any."
+    )
     concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
     timeout_s: float = Field(120.0, gt=0, description="Timeout of one request, in seconds.")
     max_retries: int = Field(5, ge=0, description="Retries on 429, 5xx and connection errors, with backoff.")
@@ -181,9 +193,12 @@ class GenerationConfig(_Strict):
 
     samples_per_prompt: int = Field(1, ge=1, description="Samples drawn per prompt.")
     keep: Literal["all", "first"] = Field(
-        "all", description="`all`: every sample passing all stages; `first`: the first passing one per prompt."
+        "all",
+        description="`all`: every sample passing all stages; `first`: the first passing one per prompt.",
     )
-    batch_size: int = Field(16, ge=1, description="Prompts per generation step (also the resume granularity).")
+    batch_size: int = Field(
+        16, ge=1, description="Prompts per generation step (also the resume granularity)."
+    )
 
 
 class FiltersConfig(_Strict):
@@ -356,14 +371,16 @@ def _resolve_path(data: dict[str, Any], keys: tuple[str, ...], base: Path) -> No
 
 
 def _describe_error(err: dict[str, Any], data: dict[str, Any], overridden: set[tuple[str | int, ...]]) -> str:
-    key_path, parent, parent_model = _walk(err["loc"], data)
+    key_path, parent_model = _walk(err["loc"], data)
     dotted = ".".join(map(str, key_path)) or "<top level>"
     origin = " (from --set)" if tuple(key_path) in overridden else ""
     if err["type"] == "extra_forbidden":
         message = f"unknown key '{dotted}'{origin}"
         if parent_model is not None:
             typed, fields = str(key_path[-1]), list(parent_model.model_fields)
-            close = [f for f in fields if f.startswith(typed)] or difflib.get_close_matches(typed, fields, n=1)
+            close = [f for f in fields if f.startswith(typed)] or difflib.get_close_matches(
+                typed, fields, n=1
+            )
             if close:
                 message += f"; did you mean '{close[0]}'?"
         return message
@@ -374,7 +391,7 @@ def _describe_error(err: dict[str, Any], data: dict[str, Any], overridden: set[t
     return f"'{dotted}'{origin}: {err['msg']}{shown}"
 
 
-def _walk(loc: tuple[Any, ...], data: Any) -> tuple[list[str | int], Any, type[BaseModel] | None]:
+def _walk(loc: tuple[Any, ...], data: Any) -> tuple[list[str | int], type[BaseModel] | None]:
     """Map a pydantic error location onto the user's key path and the model expected there.
 
     Discriminated unions insert their tag (e.g. ``reasoning``) into the location; the user never wrote
@@ -396,7 +413,7 @@ def _walk(loc: tuple[Any, ...], data: Any) -> tuple[list[str | int], Any, type[B
         if present:
             node = node[part]
             model = _field_model(model, part)
-    return key_path, node, parent_model
+    return key_path, parent_model
 
 
 def _field_model(model: Any, part: Any) -> Any:

@@ -66,7 +66,9 @@ class Pipeline:
     Use it as a context manager (or call `close()`) so teachers release their models and GPU memory.
     """
 
-    def __init__(self, recipe: Recipe, stages: list[Stage] | None = None, teachers: list[Teacher] | None = None):
+    def __init__(
+        self, recipe: Recipe, stages: list[Stage] | None = None, teachers: list[Teacher] | None = None
+    ):
         self.recipe = recipe
         self.task: Task = build_task(recipe.task)
         self.stages = stages if stages is not None else default_stages(recipe)
@@ -137,7 +139,9 @@ class Pipeline:
             for step in self._steps(done=writer.completed_prompts, bar=bar):
                 writer.add(step.kept, step.rejected, step.generation_seconds, step.device_seconds)
                 funnel = writer.manifest["funnel"]
-                bar.set_postfix(accepted=writer.accepted, rejected=sum(map(sum_reasons, funnel["rejected"].values())))
+                bar.set_postfix(
+                    accepted=writer.accepted, rejected=sum(map(sum_reasons, funnel["rejected"].values()))
+                )
                 if limit is not None and writer.accepted >= limit:
                     complete = False
                     break
@@ -271,10 +275,13 @@ class Pipeline:
         rejected_batch = (
             rejected_rows[0] if rejected_rows else pa.RecordBatch.from_pylist([], rejected_schema(ROW_SCHEMA))
         )
-        return StepResult(kept, rejected_batch, len(window.prompts), generated.generation_seconds,
-                          generated.device_seconds)
+        return StepResult(
+            kept, rejected_batch, len(window.prompts), generated.generation_seconds, generated.device_seconds
+        )
 
-    def _row(self, prompt: Prompt, teacher: Teacher, index: int, completion: Completion) -> tuple[dict, str | None]:
+    def _row(
+        self, prompt: Prompt, teacher: Teacher, index: int, completion: Completion
+    ) -> tuple[dict, str | None]:
         problem = None
         try:
             fields = self.task.sample_fields(prompt, completion.text)
@@ -341,8 +348,10 @@ def sum_reasons(reasons: dict[str, int]) -> int:
 
 def _quarantine_row(seed: SeedRow, task: str, reason: str) -> dict[str, Any]:
     identity = hashlib.sha256(f"{seed.source}\0{seed.row}".encode()).hexdigest()[:16]
-    where = f"{seed.source} line {seed.row}" if seed.source.endswith((".jsonl", ".gz", ".json")) else (
-        f"{seed.source} row {seed.row}"
+    where = (
+        f"{seed.source} line {seed.row}"
+        if seed.source.endswith((".jsonl", ".gz", ".json"))
+        else (f"{seed.source} row {seed.row}")
     )
     return {
         "id": identity,

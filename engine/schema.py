@@ -42,7 +42,11 @@ ROW_SCHEMA = pa.schema(
 )
 
 # `reason` is a short code (counted in the manifest's funnel); `detail` says what exactly was wrong.
-REJECTION_FIELDS = [pa.field("stage", pa.string()), pa.field("reason", pa.string()), pa.field("detail", pa.string())]
+REJECTION_FIELDS = [
+    pa.field("stage", pa.string()),
+    pa.field("reason", pa.string()),
+    pa.field("detail", pa.string()),
+]
 
 
 def rejected_schema(schema: pa.Schema) -> pa.Schema:

@@ -122,7 +122,9 @@ def _read_hf(config: SeedsConfig) -> Iterator[SeedRow]:
             f"seeds.hf_dataset = '{config.hf_dataset}' needs the `datasets` package: pip install 'synthkiln[hf]'"
         ) from None
     try:
-        dataset = datasets.load_dataset(config.hf_dataset, config.hf_config, split=config.split, streaming=True)
+        dataset = datasets.load_dataset(
+            config.hf_dataset, config.hf_config, split=config.split, streaming=True
+        )
     except Exception as exc:  # the hub raises many types (offline, gated, missing)
         raise SeedsError(
             f"cannot load Hugging Face dataset '{config.hf_dataset}' (split {config.split}): {exc}; "

@@ -50,7 +50,9 @@ class Stage(ABC):
         rejected = batch.filter(dropped)
         rejected = rejected.append_column("stage", pa.array([self.name] * len(rejected), pa.string()))
         rejected = rejected.append_column("reason", rejected_reasons.cast(pa.string()))
-        rejected_details = details.filter(dropped) if details is not None else pa.nulls(len(rejected), pa.string())
+        rejected_details = (
+            details.filter(dropped) if details is not None else pa.nulls(len(rejected), pa.string())
+        )
         rejected = rejected.append_column("detail", rejected_details)
         self.stats.seen += len(batch)
         self.stats.kept += len(kept)
@@ -79,7 +81,9 @@ class EmptyResponse(FilterStage):
 
     def reasons(self, batch: pa.RecordBatch) -> pa.Array:
         response = batch.column("response")
-        blank = pc.or_kleene(pc.is_null(response), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(response)), 0))
+        blank = pc.or_kleene(
+            pc.is_null(response), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(response)), 0)
+        )
         return _reason_where(blank, "empty")
 
 
@@ -150,7 +154,9 @@ class ReferenceAnswer(Stage):
             verified.append(passed if previous is None else previous and passed)
             detail = f"answer {answer!r} vs reference {reference!r}"
             details.append(detail)
-            verdicts.append([*(old_verdicts or []), {"verifier": "reference-answer", "passed": passed, "detail": detail}])
+            verdicts.append(
+                [*(old_verdicts or []), {"verifier": "reference-answer", "passed": passed, "detail": detail}]
+            )
         batch = _replace(batch, "verified", pa.array(verified, pa.bool_()))
         batch = _replace(batch, "verdicts", pa.array(verdicts, pa.list_(VERDICT)))
         return self.split(batch, pa.array(reasons, pa.string()), pa.array(details, pa.string()))

@@ -98,7 +98,9 @@ class Task:
 
     # Hooks for the kinds below.
     def _builtin_template(self) -> str:
-        raise RecipeError(f"task kind '{self.kind}' has no built-in template: set `template` or `template_file`")
+        raise RecipeError(
+            f"task kind '{self.kind}' has no built-in template: set `template` or `template_file`"
+        )
 
     def _slots(self, fields: dict[str, Any]) -> dict[str, Any]:
         return {}

@@ -38,7 +38,9 @@ SEEDS_STAGE = "seeds"  # quarantined seed rows: no sample was generated for them
 
 
 class DatasetWriter:
-    def __init__(self, out_dir: str | Path, recipe: Recipe, run_info: dict[str, Any], fresh: bool = False) -> None:
+    def __init__(
+        self, out_dir: str | Path, recipe: Recipe, run_info: dict[str, Any], fresh: bool = False
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.recipe = recipe
         self._shard_rows = recipe.output.shard_rows
@@ -128,12 +130,16 @@ class DatasetWriter:
             prompt_ids.update(generated.column("prompt_id").to_pylist())
             samples += generated.num_rows
             manifest["tokens"]["prompt"] += int(pc.sum(generated.column("prompt_tokens")).as_py() or 0)
-            manifest["tokens"]["completion"] += int(pc.sum(generated.column("completion_tokens")).as_py() or 0)
+            manifest["tokens"]["completion"] += int(
+                pc.sum(generated.column("completion_tokens")).as_py() or 0
+            )
         funnel["prompts"] += len(prompt_ids)
         funnel["samples"] += samples
         funnel["accepted"] += kept.num_rows if kept is not None else 0
         if rejected is not None:
-            counts = Counter(zip(rejected.column("stage").to_pylist(), rejected.column("reason").to_pylist()))
+            counts = Counter(
+                zip(rejected.column("stage").to_pylist(), rejected.column("reason").to_pylist(), strict=True)
+            )
             for (stage, reason), count in sorted(counts.items()):
                 by_reason = funnel["rejected"].setdefault(stage, {})
                 by_reason[reason] = by_reason.get(reason, 0) + count
@@ -142,7 +148,9 @@ class DatasetWriter:
         timing["generation_seconds"] = round(timing["generation_seconds"] + self._pending_generation_s, 3)
         timing["device_seconds"] = round(timing["device_seconds"] + self._pending_device_s, 3)
         accepted = funnel["accepted"]
-        timing["device_seconds_per_accepted"] = round(timing["device_seconds"] / accepted, 4) if accepted else None
+        timing["device_seconds_per_accepted"] = (
+            round(timing["device_seconds"] / accepted, 4) if accepted else None
+        )
         for folder, shards in new_shards.items():
             manifest["shards"][folder].extend(shards)
         if complete is not None:
@@ -156,7 +164,9 @@ class DatasetWriter:
             try:
                 manifest = json.loads(path.read_text())
             except json.JSONDecodeError as exc:
-                raise OutputError(f"{path}: unreadable manifest ({exc}); rerun with --fresh to start over") from None
+                raise OutputError(
+                    f"{path}: unreadable manifest ({exc}); rerun with --fresh to start over"
+                ) from None
             if manifest.get("recipe_hash") != recipe_hash:
                 raise OutputError(
                     f"{self.out_dir} holds a run of another recipe (hash {manifest.get('recipe_hash')}, this one "
@@ -167,7 +177,9 @@ class DatasetWriter:
             manifest.update(run_info)
             return manifest
         if self.out_dir.exists() and any(self.out_dir.iterdir()) and not (self.out_dir / "data").exists():
-            raise OutputError(f"{self.out_dir} exists and is not a synthkiln dataset directory; choose another --out")
+            raise OutputError(
+                f"{self.out_dir} exists and is not a synthkiln dataset directory; choose another --out"
+            )
         manifest = {
             "format": FORMAT,
             "name": self.recipe.name,
@@ -200,7 +212,9 @@ class DatasetWriter:
                     path.unlink()
             for relative in listed:
                 if relative.startswith(folder + "/") and not (self.out_dir / relative).is_file():
-                    raise OutputError(f"{self.out_dir / relative}: listed in the manifest but missing; use --fresh")
+                    raise OutputError(
+                        f"{self.out_dir / relative}: listed in the manifest but missing; use --fresh"
+                    )
 
     def _committed_prompt_ids(self) -> set[str]:
         done: set[str] = set()

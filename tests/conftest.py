@@ -35,7 +35,9 @@ def gsm8k_dir() -> Path:
 def vllm_python() -> str:
     python = os.environ.get("SYNTHKILN_VLLM_PYTHON")
     if not python or not Path(python).is_file():
-        pytest.skip("vLLM CPU venv not configured: run the tests with `make test` (sets SYNTHKILN_VLLM_PYTHON)")
+        pytest.skip(
+            "vLLM CPU venv not configured: run the tests with `make test` (sets SYNTHKILN_VLLM_PYTHON)"
+        )
     return python
 
 

@@ -44,6 +44,7 @@ class Teacher(ABC):
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig) -> list[list[Completion]]:
         """Return, for each request, its `n` completions in order."""
 
+    @abstractmethod
     def close(self) -> None:
         """Release the model. Safe to call twice."""
 

@@ -24,7 +24,9 @@ _MAX_BACKOFF_S = 30.0
 class OpenAITeacher(Teacher):
     backend = "openai"
 
-    def __init__(self, config: OpenAITeacherConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self, config: OpenAITeacherConfig, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         super().__init__(config.label, config.model)
         self._config = config
         self._url = config.base_url.rstrip("/") + "/chat/completions"
@@ -32,6 +34,9 @@ class OpenAITeacher(Teacher):
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._transport = transport  # tests inject HTTP failures of a remote server here
         self.backoff_base_s = 0.5
+
+    def close(self) -> None:
+        """Nothing to release: each `generate` call opens and closes its own HTTP client."""
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "base_url": self._config.base_url}
@@ -44,7 +49,9 @@ class OpenAITeacher(Teacher):
     ) -> list[list[Completion]]:
         limit = asyncio.Semaphore(self._config.concurrency)
         timeout = httpx.Timeout(self._config.timeout_s)
-        async with httpx.AsyncClient(timeout=timeout, headers=self._headers, transport=self._transport) as client:
+        async with httpx.AsyncClient(
+            timeout=timeout, headers=self._headers, transport=self._transport
+        ) as client:
 
             async def one(request: GenerationRequest, index: int) -> Completion:
                 async with limit:
@@ -116,4 +123,6 @@ class OpenAITeacher(Teacher):
                 completion_tokens=int(usage.get("completion_tokens", 0)),
             )
         except (KeyError, IndexError, TypeError) as exc:
-            raise TeacherError(f"teacher '{self.name}': unexpected response from {self._url}: {exc!r}") from None
+            raise TeacherError(
+                f"teacher '{self.name}': unexpected response from {self._url}: {exc!r}"
+            ) from None

@@ -27,7 +27,9 @@ class TransformersTeacher(Teacher):
             self._tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
             self._model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
         except OSError as exc:
-            raise TeacherError(f"teacher '{config.label}': cannot load model '{config.model}': {exc}") from None
+            raise TeacherError(
+                f"teacher '{config.label}': cannot load model '{config.model}': {exc}"
+            ) from None
         self._model.to(self._device).eval()
         if self._tokenizer.pad_token is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
@@ -52,9 +54,12 @@ class TransformersTeacher(Teacher):
         torch = self._torch
         tokenizer = self._tokenizer
         texts = [
-            tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False) for r in requests
+            tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
+            for r in requests
         ]
-        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self._device)
+        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            self._device
+        )
         n = requests[0].n
         greedy = sampling.temperature == 0
         # Greedy samples of one prompt are identical: decode once, copy n times.

@@ -38,7 +38,9 @@ shard_rows = 4
 
 
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([*synthkiln_command(), *args], capture_output=True, text=True, check=check, cwd=REPO)
+    return subprocess.run(
+        [*synthkiln_command(), *args], capture_output=True, text=True, check=check, cwd=REPO
+    )
 
 
 def data_rows(out: Path) -> list[dict]:
@@ -48,14 +50,18 @@ def data_rows(out: Path) -> list[dict]:
 
 def test_resume_after_sigkill_gives_the_clean_run(tmp_path: Path) -> None:
     seeds = tmp_path / "seeds.jsonl"
-    seeds.write_text("".join(json.dumps({"instruction": f"Name a fact about the number {i}."}) + "\n" for i in range(12)))
+    seeds.write_text(
+        "".join(json.dumps({"instruction": f"Name a fact about the number {i}."}) + "\n" for i in range(12))
+    )
     recipe = write_recipe(tmp_path, RESUME_RECIPE.format(seeds=seeds))
     clean, crashed = tmp_path / "clean", tmp_path / "crashed"
     run_cli("run", str(recipe), "--out", str(clean), "--quiet")
 
     process = subprocess.Popen(
         [*synthkiln_command(), "run", str(recipe), "--out", str(crashed), "--quiet"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     manifest = crashed / "manifest.json"
     deadline = time.monotonic() + 120
@@ -83,7 +89,9 @@ def test_resume_after_sigkill_gives_the_clean_run(tmp_path: Path) -> None:
 
     again = run_cli("run", str(recipe), "--out", str(crashed), "--quiet")  # nothing left to do
     assert data_rows(crashed) == clean_rows
-    assert "accepted        24" in again.stdout or json.loads(manifest.read_text())["funnel"] == final["funnel"]
+    assert (
+        "accepted        24" in again.stdout or json.loads(manifest.read_text())["funnel"] == final["funnel"]
+    )
 
 
 def test_limit_fresh_and_inspect(tmp_path: Path) -> None:
@@ -91,7 +99,9 @@ def test_limit_fresh_and_inspect(tmp_path: Path) -> None:
     seeds.write_text("".join(json.dumps({"instruction": f"Count to {i}."}) + "\n" for i in range(6)))
     recipe = write_recipe(tmp_path, RESUME_RECIPE.format(seeds=seeds))
     out = tmp_path / "out"
-    run_cli("run", str(recipe), "--out", str(out), "--quiet", "--limit", "3", "--set", "sampling.max_tokens=6")
+    run_cli(
+        "run", str(recipe), "--out", str(out), "--quiet", "--limit", "3", "--set", "sampling.max_tokens=6"
+    )
     first = json.loads((out / "manifest.json").read_text())
     assert 3 <= first["funnel"]["accepted"] < 3 + 4 and not first["complete"]
     # Another recipe (different --set) refuses the directory unless --fresh.
@@ -133,6 +143,8 @@ def test_models_prepare_is_idempotent(embedded_model_dir: Path) -> None:
 
 
 def test_help_lists_commands() -> None:
-    done = subprocess.run([sys.executable, "-m", "synthkiln.engine.cli", "--help"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "synthkiln.engine.cli", "--help"], capture_output=True, text=True
+    )
     for command in ("run", "inspect", "models", "config"):
         assert command in done.stdout

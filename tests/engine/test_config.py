@@ -40,18 +40,24 @@ def test_unknown_key_names_file_path_and_suggestion(tmp_path: Path) -> None:
 
 def test_unknown_key_inside_discriminated_union(tmp_path: Path) -> None:
     path = write_recipe(tmp_path, BASE + 'question_feild = "q"\n')
-    with pytest.raises(RecipeError, match=r"unknown key 'task.question_feild'.*did you mean 'question_field'"):
+    with pytest.raises(
+        RecipeError, match=r"unknown key 'task.question_feild'.*did you mean 'question_field'"
+    ):
         load_recipe(path)
 
 
 def test_unknown_key_in_teacher_list(tmp_path: Path) -> None:
     path = write_recipe(tmp_path, BASE + '[[teachers]]\nbackend = "vllm"\ntensor_paralel_size = 2\n')
-    with pytest.raises(RecipeError, match=r"teachers.0.tensor_paralel_size.*did you mean 'tensor_parallel_size'"):
+    with pytest.raises(
+        RecipeError, match=r"teachers.0.tensor_paralel_size.*did you mean 'tensor_parallel_size'"
+    ):
         load_recipe(path)
 
 
 def test_wrong_type_and_range(tmp_path: Path) -> None:
-    path = write_recipe(tmp_path, BASE + '[sampling]\ntemperature = "hot"\n[generation]\nsamples_per_prompt = 0\n')
+    path = write_recipe(
+        tmp_path, BASE + '[sampling]\ntemperature = "hot"\n[generation]\nsamples_per_prompt = 0\n'
+    )
     with pytest.raises(RecipeError) as info:
         load_recipe(path)
     message = str(info.value)
@@ -80,7 +86,9 @@ def test_missing_file() -> None:
 
 def test_yaml_recipe_equals_toml(tmp_path: Path) -> None:
     toml = load_recipe(write_recipe(tmp_path, BASE + "[sampling]\ntemperature = 0.3\n"))
-    yaml_text = "name: t\nseeds:\n  path: seeds.jsonl\ntask:\n  kind: reasoning\nsampling:\n  temperature: 0.3\n"
+    yaml_text = (
+        "name: t\nseeds:\n  path: seeds.jsonl\ntask:\n  kind: reasoning\nsampling:\n  temperature: 0.3\n"
+    )
     yaml = load_recipe(write_recipe(tmp_path, yaml_text, "recipe.yaml"))
     assert yaml == toml
     assert yaml.content_hash() == toml.content_hash()
@@ -92,7 +100,7 @@ def test_set_overrides_typed_values_and_list_items(tmp_path: Path) -> None:
         path,
         [
             "sampling.temperature=0",
-            "sampling.stop=[\"\\n\\n\"]",
+            'sampling.stop=["\\n\\n"]',
             "generation.keep=first",
             "teachers.0.batch_size=3",
             "seeds.limit=5",
@@ -110,7 +118,9 @@ def test_set_changes_hash_and_reports_bad_keys(tmp_path: Path) -> None:
     assert load_recipe(path).content_hash() != load_recipe(path, ["seed=7"]).content_hash()
     # Output placement does not decide the rows, so it does not change the hash.
     assert load_recipe(path).content_hash() == load_recipe(path, ["output.shard_rows=5"]).content_hash()
-    with pytest.raises(RecipeError, match=r"unknown key 'sampling.topp' \(from --set\); did you mean 'top_p'"):
+    with pytest.raises(
+        RecipeError, match=r"unknown key 'sampling.topp' \(from --set\); did you mean 'top_p'"
+    ):
         load_recipe(path, ["sampling.topp=0.5"])
     with pytest.raises(RecipeError, match="expected KEY=VALUE"):
         load_recipe(path, ["sampling.temperature"])
@@ -121,8 +131,19 @@ def test_set_changes_hash_and_reports_bad_keys(tmp_path: Path) -> None:
 def test_config_show_prints_resolved_recipe(tmp_path: Path) -> None:
     path = write_recipe(tmp_path, BASE)
     done = subprocess.run(
-        [sys.executable, "-m", "synthkiln.engine.cli", "config", "show", str(path), "--set", "sampling.max_tokens=77"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "synthkiln.engine.cli",
+            "config",
+            "show",
+            str(path),
+            "--set",
+            "sampling.max_tokens=77",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "max_tokens = 77" in done.stdout
     assert 'model = "embedded:smollm2"' in done.stdout  # defaults are shown

@@ -113,7 +113,9 @@ def test_generate_verified_batch_for_launchers(hf_teacher) -> None:
     assert set(table.column("seed_source").to_pylist()) == {"<api>"}
 
 
-def test_several_teachers_share_prompts_by_weight(tmp_path: Path, seeds: Path, embedded_model_dir: Path) -> None:
+def test_several_teachers_share_prompts_by_weight(
+    tmp_path: Path, seeds: Path, embedded_model_dir: Path
+) -> None:
     recipe = instruction_recipe(seeds, sampling={"max_tokens": 4})
     recipe["teachers"] = [
         {"backend": "transformers", "name": "big-share", "weight": 3, "model": str(embedded_model_dir)},

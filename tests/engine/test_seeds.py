@@ -32,13 +32,16 @@ def test_gzip_parquet_and_limit(tmp_path: Path) -> None:
     assert [r.fields["q"] for r in read_seeds(SeedsConfig(path=str(gz), limit=3))] == ["x0", "x1", "x2"]
     parquet = tmp_path / "s.parquet"
     pq.write_table(pa.table({"q": ["a", "b"]}), parquet)
-    assert [(r.row, r.fields) for r in read_seeds(SeedsConfig(path=str(parquet)))] == [(0, {"q": "a"}), (1, {"q": "b"})]
+    assert [(r.row, r.fields) for r in read_seeds(SeedsConfig(path=str(parquet)))] == [
+        (0, {"q": "a"}),
+        (1, {"q": "b"}),
+    ]
     assert count_seeds(SeedsConfig(path=str(parquet))) == 2
     assert describe_seeds(SeedsConfig(path=str(parquet)))["sha256"]
 
 
 def test_unreadable_sources_stop_with_the_file_named(tmp_path: Path) -> None:
-    with pytest.raises(SeedsError, match="missing.jsonl: seeds file not found"):
+    with pytest.raises(SeedsError, match=r"missing\.jsonl: seeds file not found"):
         read_seeds(SeedsConfig(path=str(tmp_path / "missing.jsonl")))
     other = tmp_path / "seeds.csv"
     other.write_text("a,b\n")
@@ -46,5 +49,5 @@ def test_unreadable_sources_stop_with_the_file_named(tmp_path: Path) -> None:
         read_seeds(SeedsConfig(path=str(other)))
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"not parquet")
-    with pytest.raises(SeedsError, match="broken.parquet: cannot read Parquet"):
+    with pytest.raises(SeedsError, match=r"broken\.parquet: cannot read Parquet"):
         list(read_seeds(SeedsConfig(path=str(broken))))

@@ -43,7 +43,13 @@ def test_filters_split_and_count() -> None:
 
 
 def test_length_bounds() -> None:
-    rows = batch([{"id": "a", "response": "one"}, {"id": "b", "response": "one two three"}, {"id": "c", "response": "a " * 9}])
+    rows = batch(
+        [
+            {"id": "a", "response": "one"},
+            {"id": "b", "response": "one two three"},
+            {"id": "c", "response": "a " * 9},
+        ]
+    )
     stage = ResponseLength(min_words=2, max_words=5)
     kept, rejected = stage.process(rows)
     assert kept.column("id").to_pylist() == ["b"]

@@ -14,7 +14,9 @@ def seed(**fields) -> SeedRow:
 
 def test_instruction_rotation_and_stable_ids() -> None:
     task = build_task(
-        InstructionTask(kind="instruction", personas=["a chef", "a pilot"], formats=["a list"], prompts_per_seed=2)
+        InstructionTask(
+            kind="instruction", personas=["a chef", "a pilot"], formats=["a list"], prompts_per_seed=2
+        )
     )
     prompts = task.prompts(seed(instruction="Describe bread."), ordinal=0)
     assert [p.persona for p in prompts] == ["a chef", "a pilot"]
@@ -22,7 +24,9 @@ def test_instruction_rotation_and_stable_ids() -> None:
     assert "Describe bread." in prompts[0].messages[-1]["content"]
     assert prompts[0].prompt_id != prompts[1].prompt_id
     again = build_task(
-        InstructionTask(kind="instruction", personas=["a chef", "a pilot"], formats=["a list"], prompts_per_seed=2)
+        InstructionTask(
+            kind="instruction", personas=["a chef", "a pilot"], formats=["a list"], prompts_per_seed=2
+        )
     ).prompts(seed(instruction="Describe bread."), ordinal=0)
     assert [p.prompt_id for p in again] == [p.prompt_id for p in prompts]
 
@@ -52,7 +56,9 @@ def test_reasoning_reference_from_gsm8k_answer_and_answer_extraction() -> None:
 
 
 def test_augmentation_one_prompt_per_variant() -> None:
-    task = build_task(AugmentationTask(kind="augmentation", variants=["paraphrase", "translate"], language="German"))
+    task = build_task(
+        AugmentationTask(kind="augmentation", variants=["paraphrase", "translate"], language="German")
+    )
     prompts = task.prompts(seed(text="Cats sleep a lot.", lineage_depth=1), 0)
     assert [p.variant for p in prompts] == ["paraphrase", "translate"]
     assert "German" in prompts[1].messages[-1]["content"]

@@ -61,7 +61,13 @@ def test_round_trip_manifest_and_card(tmp_path: Path) -> None:
     assert data.schema.equals(ROW_SCHEMA)  # nullability and nested types survive
     assert sorted(data.column("id").to_pylist()) == ["a0", "a1", "a2", "b0", "b1"]
     assert data.column("messages").to_pylist()[0][1]["content"] == "ünïcode ✓"
-    assert pq.ParquetFile(tmp_path / "ds" / "data" / "part-00000.parquet").metadata.row_group(0).column(0).compression == "ZSTD"
+    assert (
+        pq.ParquetFile(tmp_path / "ds" / "data" / "part-00000.parquet")
+        .metadata.row_group(0)
+        .column(0)
+        .compression
+        == "ZSTD"
+    )
     on_disk = json.loads((tmp_path / "ds" / "manifest.json").read_text())
     assert on_disk == manifest
     funnel = manifest["funnel"]
@@ -71,7 +77,10 @@ def test_round_trip_manifest_and_card(tmp_path: Path) -> None:
     assert funnel["rejected"] == {"length": {"too-short": 2}, "seeds": {"bad-seed-row": 1}}
     assert manifest["tokens"] == {"prompt": 21, "completion": 35}
     assert manifest["complete"] is True
-    assert [s["path"] for s in manifest["shards"]["data"]] == ["data/part-00000.parquet", "data/part-00001.parquet"]
+    assert [s["path"] for s in manifest["shards"]["data"]] == [
+        "data/part-00000.parquet",
+        "data/part-00001.parquet",
+    ]
     assert manifest["timing"]["device_seconds_per_accepted"] == pytest.approx(0.3)
 
     card = (tmp_path / "ds" / "README.md").read_text()

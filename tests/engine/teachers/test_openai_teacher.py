@@ -32,15 +32,36 @@ def free_port() -> int:
 def vllm_server(vllm_python: str, embedded_model_dir: Path, tmp_path_factory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}"}
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}",
+    }
     with open(log, "wb") as sink:
         server = subprocess.Popen(
             [
-                vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(embedded_model_dir),
-                "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-                "--enforce-eager", "--dtype", "float32", "--max-model-len", "2048",
+                vllm_python,
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                str(embedded_model_dir),
+                "--served-model-name",
+                "smollm2",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--enforce-eager",
+                "--dtype",
+                "float32",
+                "--max-model-len",
+                "2048",
             ],
-            stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+            start_new_session=True,
         )
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -65,7 +86,9 @@ def vllm_server(vllm_python: str, embedded_model_dir: Path, tmp_path_factory) ->
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_openai_backend_against_vllm_serve(vllm_server: str, hf_teacher) -> None:
-    teacher = OpenAITeacher(OpenAITeacherConfig(backend="openai", model="smollm2", base_url=vllm_server, concurrency=3))
+    teacher = OpenAITeacher(
+        OpenAITeacherConfig(backend="openai", model="smollm2", base_url=vllm_server, concurrency=3)
+    )
     requests = [GenerationRequest([{"role": "user", "content": t}], n=2, seed=5) for t in QUICK_INSTRUCTIONS]
     greedy = SamplingConfig(temperature=0, max_tokens=16)
     served = teacher.generate(requests, greedy)
@@ -74,7 +97,10 @@ def test_openai_backend_against_vllm_serve(vllm_server: str, hf_teacher) -> None
     for remote_samples, local_samples in zip(served, local, strict=True):
         for remote, mine in zip(remote_samples, local_samples, strict=True):
             assert remote.text == mine.text  # same model, fp32, greedy
-            assert (remote.completion_tokens, remote.prompt_tokens) == (mine.completion_tokens, mine.prompt_tokens)
+            assert (remote.completion_tokens, remote.prompt_tokens) == (
+                mine.completion_tokens,
+                mine.prompt_tokens,
+            )
             assert remote.finish_reason == mine.finish_reason == "length"
     hot = SamplingConfig(temperature=1.0, max_tokens=16)
     assert teacher.generate(requests[:1], hot) == teacher.generate(requests[:1], hot)  # per-request seeds
@@ -82,10 +108,16 @@ def test_openai_backend_against_vllm_serve(vllm_server: str, hf_teacher) -> None
 
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_pipeline_mixes_local_and_served_teachers(vllm_server: str, tmp_path: Path, embedded_model_dir: Path) -> None:
+def test_pipeline_mixes_local_and_served_teachers(
+    vllm_server: str, tmp_path: Path, embedded_model_dir: Path
+) -> None:
     seeds = tmp_path / "seeds.jsonl"
-    seeds.write_text("".join(json.dumps({"instruction": f"Give one word that rhymes with {w}."}) + "\n"
-                             for w in ["cat", "dog", "sun", "tree", "ball", "rain", "star", "cake"]))
+    seeds.write_text(
+        "".join(
+            json.dumps({"instruction": f"Give one word that rhymes with {w}."}) + "\n"
+            for w in ["cat", "dog", "sun", "tree", "ball", "rain", "star", "cake"]
+        )
+    )
     recipe = {
         "name": "mixed",
         "seeds": {"path": str(seeds)},
@@ -123,7 +155,9 @@ def scripted(statuses: list[int], seen: list[int]) -> httpx.MockTransport:
 
 
 def teacher_with(transport: httpx.MockTransport, retries: int = 3) -> OpenAITeacher:
-    config = OpenAITeacherConfig(backend="openai", model="m", base_url="https://api.example/v1", max_retries=retries)
+    config = OpenAITeacherConfig(
+        backend="openai", model="m", base_url="https://api.example/v1", max_retries=retries
+    )
     teacher = OpenAITeacher(config, transport=transport)
     teacher.backoff_base_s = 0.001
     return teacher

@@ -10,7 +10,9 @@ pytestmark = pytest.mark.slow
 
 
 def requests(n: int = 1, seed: int = 0) -> list[GenerationRequest]:
-    return [GenerationRequest([{"role": "user", "content": text}], n=n, seed=seed) for text in QUICK_INSTRUCTIONS]
+    return [
+        GenerationRequest([{"role": "user", "content": text}], n=n, seed=seed) for text in QUICK_INSTRUCTIONS
+    ]
 
 
 def test_generates_text_with_token_counts_and_finish_reasons(hf_teacher) -> None:

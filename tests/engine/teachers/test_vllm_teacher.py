@@ -38,10 +38,15 @@ def test_vllm_greedy_fp32_equals_transformers(tmp_path: Path, vllm_python: str) 
         command = synthkiln_command(python) if python else synthkiln_command()
         subprocess.run(
             [*command, "run", str(recipe), "--out", str(tmp_path / backend), "--quiet"],
-            check=True, cwd=REPO, capture_output=True, timeout=600,
+            check=True,
+            cwd=REPO,
+            capture_output=True,
+            timeout=600,
         )
         rows = pq.read_table(tmp_path / backend / "data").to_pylist()
-        outputs[backend] = {r["prompt_id"]: (r["response"], r["completion_tokens"], r["prompt_tokens"]) for r in rows}
+        outputs[backend] = {
+            r["prompt_id"]: (r["response"], r["completion_tokens"], r["prompt_tokens"]) for r in rows
+        }
     assert len(outputs["vllm"]) == 8
     assert outputs["vllm"] == outputs["transformers"]
 
