@@ -45,6 +45,8 @@ def raw_transformers(
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    warm_up = tokenizer(["warm up"], return_tensors="pt")
+    model.generate(**warm_up, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.eos_token_id)
     generated = 0
     start = time.perf_counter()
     for offset in range(0, len(prompts), batch_size):
@@ -69,7 +71,11 @@ def raw_transformers(
 def raw_vllm(model_dir: str, prompts: list[str], max_tokens: int) -> tuple[int, float]:
     from vllm import LLM, SamplingParams
 
+    # The CPU build's documented settings, the same ones the vllm teacher sets.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
     llm = LLM(model=model_dir, dtype="float32", enforce_eager=True, max_model_len=2048)
+    llm.chat([{"role": "user", "content": "warm up"}], SamplingParams(max_tokens=4), use_tqdm=False)
     start = time.perf_counter()
     outputs = llm.chat(
         [[{"role": "user", "content": p}] for p in prompts],
@@ -84,7 +90,9 @@ def raw_vllm(model_dir: str, prompts: list[str], max_tokens: int) -> tuple[int, 
 def pipeline_run(
     backend: str, model_dir: str, prompts: list[str], max_tokens: int, batch_size: int
 ) -> tuple[int, float]:
+    from synthkiln.engine.config import SamplingConfig
     from synthkiln.engine.pipeline import Pipeline
+    from synthkiln.engine.teachers import GenerationRequest
 
     with tempfile.TemporaryDirectory() as scratch:
         seeds = Path(scratch) / "seeds.jsonl"
@@ -103,7 +111,9 @@ def pipeline_run(
         else:
             recipe["teachers"][0]["max_model_len"] = 2048
         with Pipeline.from_recipe(recipe) as pipeline:
-            _ = pipeline.teachers  # load the model outside the timed region, as the raw side does
+            # Load and warm the model outside the timed region, as the raw side does.
+            warm_up = [GenerationRequest([{"role": "user", "content": "warm up"}])]
+            pipeline.teachers[0].generate(warm_up, SamplingConfig(max_tokens=4))
             start = time.perf_counter()
             manifest = pipeline.run(Path(scratch) / "out", progress=False)
             elapsed = time.perf_counter() - start
