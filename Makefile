@@ -36,7 +36,7 @@ $(VLLM_VENV)/.installed: pyproject.toml setup.py
 	touch $@
 
 demo: model
-	$(VENV)/bin/synthkiln run examples/quickstart.toml --out out/quickstart
+	$(VENV)/bin/synthkiln run examples/quickstart.toml --out out/quickstart --fresh
 	$(VENV)/bin/synthkiln inspect out/quickstart
 
 lint: install

@@ -138,10 +138,7 @@ class Pipeline:
         try:
             for step in self._steps(done=writer.completed_prompts, bar=bar):
                 writer.add(step.kept, step.rejected, step.generation_seconds, step.device_seconds)
-                funnel = writer.manifest["funnel"]
-                bar.set_postfix(
-                    accepted=writer.accepted, rejected=sum(map(sum_reasons, funnel["rejected"].values()))
-                )
+                bar.set_postfix(accepted=writer.accepted, rejected=writer.rejected)
                 if limit is not None and writer.accepted >= limit:
                     complete = False
                     break
@@ -344,10 +341,6 @@ class Pipeline:
             "verifiers": sorted({s.verifier for s in self.stages if s.verifier}),
             "versions": _versions(),
         }
-
-
-def sum_reasons(reasons: dict[str, int]) -> int:
-    return sum(reasons.values())
 
 
 def _quarantine_row(seed: SeedRow, task: str, reason: str) -> dict[str, Any]:

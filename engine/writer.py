@@ -60,7 +60,14 @@ class DatasetWriter:
 
     @property
     def accepted(self) -> int:
+        """Accepted rows so far, committed or pending."""
         return self.manifest["funnel"]["accepted"] + sum(len(b) for b in self._pending_kept)
+
+    @property
+    def rejected(self) -> int:
+        """Rejected rows so far, committed or pending."""
+        committed = sum(sum(reasons.values()) for reasons in self.manifest["funnel"]["rejected"].values())
+        return committed + sum(len(b) for b in self._pending_rejected)
 
     def add(
         self,
