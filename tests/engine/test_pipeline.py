@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synthkiln.engine.pipeline import Pipeline
+from synthkiln.engine import Pipeline
 from synthkiln.engine.schema import ROW_SCHEMA
 from tests.conftest import QUICK_INSTRUCTIONS
 
