@@ -47,7 +47,7 @@ def test_vllm_greedy_fp32_equals_transformers(tmp_path: Path, vllm_python: str) 
         outputs[backend] = {
             r["prompt_id"]: (r["response"], r["completion_tokens"], r["prompt_tokens"]) for r in rows
         }
-    assert len(outputs["vllm"]) == 8
+    assert len(outputs["vllm"]) == len(seeds.read_text().splitlines())
     assert outputs["vllm"] == outputs["transformers"]
 
 

@@ -1,0 +1,298 @@
+"""MinHash signatures of documents, straight from Arrow text buffers (Numba on CPU, Triton on GPU).
+
+Scheme (shared bit for bit by both backends):
+
+1. tokens: words (runs of non-separator bytes after the byte table of :mod:`text`), or characters
+   (UTF-8 code points, each separator run folded to one space);
+2. token hash: FNV-1a over the token's bytes, then ``fmix64(h ^ length)``;
+3. shingle hash: ``ngram`` consecutive token hashes combined by rotate/xor/multiply, folded to 32 bits
+   and mixed with ``fmix32`` (a document with fewer tokens is one shingle of all of them);
+4. signature: ``num_perm`` affine permutations ``a*x + b mod 2**32`` (``a`` odd), minimum over shingles.
+
+A document without tokens (empty, whitespace or punctuation only, or null) gets the all-ones
+signature `EMPTY`; similarity and LSH treat it as matching nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+
+from synthkiln.kernels.text import Normalization, TextBuffers, as_text_buffers
+
+# Numba caches compiled kernels here so that only the first process on a machine pays for compilation.
+os.environ.setdefault(
+    "NUMBA_CACHE_DIR",
+    str(Path(os.environ.get("SYNTHKILN_CACHE_DIR") or Path.home() / ".cache" / "synthkiln") / "numba"),
+)
+
+import numba  # noqa: E402  (after NUMBA_CACHE_DIR)
+from numba import njit, prange  # noqa: E402
+
+EMPTY = np.uint32(0xFFFFFFFF)
+SPECIALISED_NUM_PERM = (64, 128, 256)
+
+FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+FNV_PRIME = np.uint64(0x100000001B3)
+MIX64_1 = np.uint64(0xFF51AFD7ED558CCD)
+MIX64_2 = np.uint64(0xC4CEB9FE1A85EC53)
+GOLDEN64 = np.uint64(0x9E3779B97F4A7C15)
+MIX32_1 = np.uint32(0x85EBCA6B)
+MIX32_2 = np.uint32(0xC2B2AE35)
+SPACE = np.uint8(0x20)
+
+Backend = Literal["auto", "numba", "triton"]
+
+
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The affine permutations (a odd, b any) of `seed`, as uint32 arrays."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2**32, size=num_perm, dtype=np.uint64).astype(np.uint32) | np.uint32(1)
+    b = rng.integers(0, 2**32, size=num_perm, dtype=np.uint64).astype(np.uint32)
+    return a, b
+
+
+def minhash_signatures(
+    texts: pa.Array | pa.ChunkedArray | Sequence[str] | np.ndarray,
+    num_perm: int = 128,
+    ngram: int = 5,
+    seed: int = 1,
+    backend: Backend = "auto",
+    tokens: Literal["words", "chars"] = "words",
+    normalization: Normalization | None = None,
+) -> np.ndarray:
+    """Signatures of shape (len(texts), num_perm), uint32. See the module docstring for the scheme."""
+    if num_perm < 1 or ngram < 1:
+        raise ValueError(f"num_perm and ngram must be positive, got {num_perm} and {ngram}")
+    normalization = normalization or Normalization()
+    buffers = as_text_buffers(texts, unicode=normalization.unicode)
+    a, b = permutations(num_perm, seed)
+    table = normalization.byte_table()
+    chars = tokens == "chars"
+    if tokens not in ("words", "chars"):
+        raise ValueError(f"tokens must be 'words' or 'chars', got {tokens!r}")
+    if _pick(backend) == "triton":
+        from synthkiln.kernels.minhash_triton import signatures_triton
+
+        return signatures_triton(buffers, table, ngram, chars, a, b)
+    return signatures_numba(buffers, table, ngram, chars, a, b)
+
+
+def signatures_numba(
+    buffers: TextBuffers, table: np.ndarray, ngram: int, chars: bool, a: np.ndarray, b: np.ndarray
+) -> np.ndarray:
+    out = np.empty((len(buffers), len(a)), dtype=np.uint32)
+    if len(buffers):
+        _kernel_for(len(a))(buffers.data, buffers.offsets, buffers.nulls, table, ngram, chars, a, b, out)
+    return out
+
+
+def shingle_hashes(
+    texts: pa.Array | Sequence[str], ngram: int = 5, tokens: Literal["words", "chars"] = "words",
+    normalization: Normalization | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The 32-bit shingle hashes of each document (flat) and their int64 offsets: exact Jaccard, benchmarks."""
+    normalization = normalization or Normalization()
+    buffers = as_text_buffers(texts, unicode=normalization.unicode)
+    counts = np.zeros(len(buffers), np.int64)
+    hashes = np.empty(len(buffers.data) + len(buffers), np.uint32)
+    _shingles_kernel(buffers.data, buffers.offsets, buffers.nulls, normalization.byte_table(), ngram,
+                     tokens == "chars", hashes, counts)
+    offsets = np.zeros(len(buffers) + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    starts = buffers.offsets[:-1] + np.arange(len(buffers))
+    flat = np.concatenate([hashes[s : s + c] for s, c in zip(starts, counts, strict=True)]) if len(counts) else hashes[:0]
+    return flat, offsets
+
+
+def signatures_from_hashes(hashes: np.ndarray, offsets: np.ndarray, num_perm: int = 128, seed: int = 1) -> np.ndarray:
+    """Signatures of pre-hashed shingles: the permutation stage alone (the kernel's lower bound)."""
+    a, b = permutations(num_perm, seed)
+    out = np.empty((len(offsets) - 1, num_perm), dtype=np.uint32)
+    _permute_kernel(hashes, offsets, a, b, out)
+    return out
+
+
+def _pick(backend: Backend) -> str:
+    if backend == "auto":
+        try:
+            import torch
+
+            return "triton" if torch.cuda.is_available() else "numba"
+        except ImportError:
+            return "numba"
+    if backend not in ("numba", "triton"):
+        raise ValueError(f"backend must be 'auto', 'numba' or 'triton', got {backend!r}")
+    return backend
+
+
+# -- Numba kernels ---------------------------------------------------------------------------------
+# Every constant and intermediate is explicitly uint32/uint64: Numba widens uint32*uint32 to uint64
+# (and mixes of signed/unsigned to float) unless told otherwise.
+
+
+@njit(inline="always", cache=True)
+def _fmix64(h: np.uint64) -> np.uint64:
+    h ^= h >> np.uint64(33)
+    h *= MIX64_1
+    h ^= h >> np.uint64(33)
+    h *= MIX64_2
+    h ^= h >> np.uint64(33)
+    return h
+
+
+@njit(inline="always", cache=True)
+def _fmix32(h: np.uint32) -> np.uint32:
+    h ^= h >> np.uint32(16)
+    h = np.uint32(h * MIX32_1)
+    h ^= h >> np.uint32(13)
+    h = np.uint32(h * MIX32_2)
+    h ^= h >> np.uint32(16)
+    return h
+
+
+@njit(inline="always", cache=True)
+def _token_hash(h: np.uint64, length: np.int64) -> np.uint64:
+    return _fmix64(h ^ np.uint64(length))
+
+
+@njit(cache=True)
+def _tokenize(data, start, end, table, chars, out) -> np.int64:
+    """Write the document's token hashes into `out`; return how many."""
+    count = 0
+    h = FNV_OFFSET
+    length = 0
+    pending_space = False
+    for i in range(start, end):
+        byte = data[i]
+        mapped = table[byte]
+        if mapped == 0:
+            if length > 0:
+                out[count] = _token_hash(h, length)
+                count += 1
+                h = FNV_OFFSET
+                length = 0
+            pending_space = chars and count > 0
+            continue
+        if chars:
+            continuation = (byte & np.uint8(0xC0)) == np.uint8(0x80)
+            if length > 0 and not continuation:
+                out[count] = _token_hash(h, length)
+                count += 1
+                h = FNV_OFFSET
+                length = 0
+            if pending_space:
+                out[count] = _token_hash((FNV_OFFSET ^ np.uint64(SPACE)) * FNV_PRIME, 1)
+                count += 1
+                pending_space = False
+        h = (h ^ np.uint64(mapped)) * FNV_PRIME
+        length += 1
+    if length > 0:
+        out[count] = _token_hash(h, length)
+        count += 1
+    return count
+
+
+@njit(inline="always", cache=True)
+def _shingle(tokens, first, span) -> np.uint32:
+    s = tokens[first]
+    for k in range(1, span):
+        s = ((s << np.uint64(27)) | (s >> np.uint64(37))) ^ tokens[first + k]
+        s *= GOLDEN64
+    return _fmix32(np.uint32((s ^ (s >> np.uint64(32))) & np.uint64(0xFFFFFFFF)))
+
+
+def _make_kernel(num_perm: int):
+    """A signature kernel with `num_perm` fixed at compile time (unrolled, vectorised permutation loop)."""
+
+    @njit(parallel=True, cache=True)
+    def kernel(data, offsets, nulls, table, ngram, chars, a, b, out):
+        for d in prange(offsets.size - 1):
+            start, end = offsets[d], offsets[d + 1]
+            mins = np.full(num_perm, EMPTY, dtype=np.uint32)
+            if not nulls[d]:
+                tokens = np.empty(end - start + 1, dtype=np.uint64)
+                count = _tokenize(data, start, end, table, chars, tokens)
+                if count > 0:
+                    span = min(ngram, count)
+                    for first in range(count - span + 1):
+                        x = _shingle(tokens, first, span)
+                        for p in range(num_perm):
+                            v = np.uint32(a[p] * x + b[p])
+                            if v < mins[p]:
+                                mins[p] = v
+            out[d, :] = mins
+
+    return kernel
+
+
+_KERNELS: dict[int, object] = {}
+
+
+def _kernel_for(num_perm: int):
+    if num_perm not in _KERNELS:
+        _KERNELS[num_perm] = _make_kernel(num_perm) if num_perm in SPECIALISED_NUM_PERM else _generic_kernel
+    return _KERNELS[num_perm]
+
+
+@njit(parallel=True, cache=True)
+def _generic_kernel(data, offsets, nulls, table, ngram, chars, a, b, out):
+    num_perm = a.size
+    for d in prange(offsets.size - 1):
+        start, end = offsets[d], offsets[d + 1]
+        mins = np.full(num_perm, EMPTY, dtype=np.uint32)
+        if not nulls[d]:
+            tokens = np.empty(end - start + 1, dtype=np.uint64)
+            count = _tokenize(data, start, end, table, chars, tokens)
+            if count > 0:
+                span = min(ngram, count)
+                for first in range(count - span + 1):
+                    x = _shingle(tokens, first, span)
+                    for p in range(num_perm):
+                        v = np.uint32(a[p] * x + b[p])
+                        if v < mins[p]:
+                            mins[p] = v
+        out[d, :] = mins
+
+
+@njit(parallel=True, cache=True)
+def _shingles_kernel(data, offsets, nulls, table, ngram, chars, hashes, counts):
+    for d in prange(offsets.size - 1):
+        start, end = offsets[d], offsets[d + 1]
+        if nulls[d]:
+            counts[d] = 0
+            continue
+        tokens = np.empty(end - start + 1, dtype=np.uint64)
+        count = _tokenize(data, start, end, table, chars, tokens)
+        base = start + d
+        if count == 0:
+            counts[d] = 0
+            continue
+        span = min(ngram, count)
+        for first in range(count - span + 1):
+            hashes[base + first] = _shingle(tokens, first, span)
+        counts[d] = count - span + 1
+
+
+@njit(parallel=True, cache=True)
+def _permute_kernel(hashes, offsets, a, b, out):
+    num_perm = a.size
+    for d in prange(offsets.size - 1):
+        mins = np.full(num_perm, EMPTY, dtype=np.uint32)
+        for i in range(offsets[d], offsets[d + 1]):
+            x = hashes[i]
+            for p in range(num_perm):
+                v = np.uint32(a[p] * x + b[p])
+                if v < mins[p]:
+                    mins[p] = v
+        out[d, :] = mins
+
+
+def set_threads(count: int) -> None:
+    """Numba worker threads for the kernels (benchmarks compare 1 and 2)."""
+    numba.set_num_threads(count)
