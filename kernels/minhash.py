@@ -31,11 +31,10 @@ os.environ.setdefault(
     str(Path(os.environ.get("SYNTHKILN_CACHE_DIR") or Path.home() / ".cache" / "synthkiln") / "numba"),
 )
 
-import numba  # noqa: E402  (after NUMBA_CACHE_DIR)
-from numba import njit, prange  # noqa: E402
+import numba
+from numba import njit, prange
 
 EMPTY = np.uint32(0xFFFFFFFF)
-SPECIALISED_NUM_PERM = (64, 128, 256)
 
 FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 FNV_PRIME = np.uint64(0x100000001B3)
@@ -93,24 +92,40 @@ def signatures_numba(
 
 
 def shingle_hashes(
-    texts: pa.Array | Sequence[str], ngram: int = 5, tokens: Literal["words", "chars"] = "words",
+    texts: pa.Array | Sequence[str],
+    ngram: int = 5,
+    tokens: Literal["words", "chars"] = "words",
     normalization: Normalization | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The 32-bit shingle hashes of each document (flat) and their int64 offsets: exact Jaccard, benchmarks."""
     normalization = normalization or Normalization()
     buffers = as_text_buffers(texts, unicode=normalization.unicode)
     counts = np.zeros(len(buffers), np.int64)
-    hashes = np.empty(len(buffers.data) + len(buffers), np.uint32)
-    _shingles_kernel(buffers.data, buffers.offsets, buffers.nulls, normalization.byte_table(), ngram,
-                     tokens == "chars", hashes, counts)
+    hashes = np.empty(len(buffers.data) + 2 * len(buffers), np.uint32)
+    _shingles_kernel(
+        buffers.data,
+        buffers.offsets,
+        buffers.nulls,
+        normalization.byte_table(),
+        ngram,
+        tokens == "chars",
+        hashes,
+        counts,
+    )
     offsets = np.zeros(len(buffers) + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
-    starts = buffers.offsets[:-1] + np.arange(len(buffers))
-    flat = np.concatenate([hashes[s : s + c] for s, c in zip(starts, counts, strict=True)]) if len(counts) else hashes[:0]
+    starts = buffers.offsets[:-1] + 2 * np.arange(len(buffers))
+    flat = (
+        np.concatenate([hashes[s : s + c] for s, c in zip(starts, counts, strict=True)])
+        if len(counts)
+        else hashes[:0]
+    )
     return flat, offsets
 
 
-def signatures_from_hashes(hashes: np.ndarray, offsets: np.ndarray, num_perm: int = 128, seed: int = 1) -> np.ndarray:
+def signatures_from_hashes(
+    hashes: np.ndarray, offsets: np.ndarray, num_perm: int = 128, seed: int = 1
+) -> np.ndarray:
     """Signatures of pre-hashed shingles: the permutation stage alone (the kernel's lower bound)."""
     a, b = permutations(num_perm, seed)
     out = np.empty((len(offsets) - 1, num_perm), dtype=np.uint32)
@@ -157,16 +172,43 @@ def _fmix32(h: np.uint32) -> np.uint32:
 
 
 @njit(inline="always", cache=True)
-def _token_hash(h: np.uint64, length: np.int64) -> np.uint64:
-    return _fmix64(h ^ np.uint64(length))
+def _token_hash(h: np.uint64, length: np.uint64) -> np.uint64:
+    return _fmix64(h ^ length)
 
 
-@njit(cache=True)
+@njit(inline="always", cache=True)
 def _tokenize(data, start, end, table, chars, out) -> np.int64:
-    """Write the document's token hashes into `out`; return how many."""
+    """Write the document's token hashes into `out` (room for end - start + 2); return how many."""
+    if chars:
+        return _tokenize_chars(data, start, end, table, out)
+    return _tokenize_words(data, start, end, table, out)
+
+
+@njit(inline="always", cache=True)
+def _tokenize_words(data, start, end, table, out) -> np.int64:
+    # Branch-free: word boundaries are unpredictable, and mispredicted branches cost more than
+    # mixing and storing a candidate hash at every byte (measured 337 -> 497 MB/s on one core).
     count = 0
     h = FNV_OFFSET
-    length = 0
+    length = np.uint64(0)
+    for i in range(start, end):
+        mapped = np.uint64(table[data[i]])
+        word = mapped != 0
+        out[count] = _token_hash(h, length)
+        count += 1 if (not word and length > 0) else 0
+        h = (h ^ mapped) * FNV_PRIME if word else FNV_OFFSET
+        length = length + np.uint64(1) if word else np.uint64(0)
+    if length > 0:
+        out[count] = _token_hash(h, length)
+        count += 1
+    return count
+
+
+@njit(inline="always", cache=True)
+def _tokenize_chars(data, start, end, table, out) -> np.int64:
+    count = 0
+    h = FNV_OFFSET
+    length = np.uint64(0)
     pending_space = False
     for i in range(start, end):
         byte = data[i]
@@ -176,22 +218,21 @@ def _tokenize(data, start, end, table, chars, out) -> np.int64:
                 out[count] = _token_hash(h, length)
                 count += 1
                 h = FNV_OFFSET
-                length = 0
-            pending_space = chars and count > 0
+                length = np.uint64(0)
+            pending_space = count > 0
             continue
-        if chars:
-            continuation = (byte & np.uint8(0xC0)) == np.uint8(0x80)
-            if length > 0 and not continuation:
-                out[count] = _token_hash(h, length)
-                count += 1
-                h = FNV_OFFSET
-                length = 0
-            if pending_space:
-                out[count] = _token_hash((FNV_OFFSET ^ np.uint64(SPACE)) * FNV_PRIME, 1)
-                count += 1
-                pending_space = False
+        continuation = (byte & np.uint8(0xC0)) == np.uint8(0x80)
+        if length > 0 and not continuation:
+            out[count] = _token_hash(h, length)
+            count += 1
+            h = FNV_OFFSET
+            length = np.uint64(0)
+        if pending_space:
+            out[count] = _token_hash((FNV_OFFSET ^ np.uint64(SPACE)) * FNV_PRIME, np.uint64(1))
+            count += 1
+            pending_space = False
         h = (h ^ np.uint64(mapped)) * FNV_PRIME
-        length += 1
+        length += np.uint64(1)
     if length > 0:
         out[count] = _token_hash(h, length)
         count += 1
@@ -207,8 +248,34 @@ def _shingle(tokens, first, span) -> np.uint32:
     return _fmix32(np.uint32((s ^ (s >> np.uint64(32))) & np.uint64(0xFFFFFFFF)))
 
 
+_BLOCK = 8  # shingles per pass over the permutations: a[p], b[p], mins[p] are loaded once per 8
+
+
+@njit(inline="always", cache=True)
+def _update8(mins, a, b, num_perm, x0, x1, x2, x3, x4, x5, x6, x7) -> None:
+    for p in range(num_perm):
+        ap, bp = a[p], b[p]
+        v = min(
+            min(
+                min(np.uint32(ap * x0 + bp), np.uint32(ap * x1 + bp)),
+                min(np.uint32(ap * x2 + bp), np.uint32(ap * x3 + bp)),
+            ),
+            min(
+                min(np.uint32(ap * x4 + bp), np.uint32(ap * x5 + bp)),
+                min(np.uint32(ap * x6 + bp), np.uint32(ap * x7 + bp)),
+            ),
+        )
+        mins[p] = min(mins[p], v)
+
+
+@njit(inline="always", cache=True)
+def _update1(mins, a, b, num_perm, x) -> None:
+    for p in range(num_perm):
+        mins[p] = min(mins[p], np.uint32(a[p] * x + b[p]))
+
+
 def _make_kernel(num_perm: int):
-    """A signature kernel with `num_perm` fixed at compile time (unrolled, vectorised permutation loop)."""
+    """The signature kernel with `num_perm` fixed at compile time, so the permutation loop unrolls."""
 
     @njit(parallel=True, cache=True)
     def kernel(data, offsets, nulls, table, ngram, chars, a, b, out):
@@ -216,16 +283,30 @@ def _make_kernel(num_perm: int):
             start, end = offsets[d], offsets[d + 1]
             mins = np.full(num_perm, EMPTY, dtype=np.uint32)
             if not nulls[d]:
-                tokens = np.empty(end - start + 1, dtype=np.uint64)
-                count = _tokenize(data, start, end, table, chars, tokens)
+                t = np.empty(end - start + 2, dtype=np.uint64)
+                count = _tokenize(data, start, end, table, chars, t)
                 if count > 0:
                     span = min(ngram, count)
-                    for first in range(count - span + 1):
-                        x = _shingle(tokens, first, span)
-                        for p in range(num_perm):
-                            v = np.uint32(a[p] * x + b[p])
-                            if v < mins[p]:
-                                mins[p] = v
+                    shingles = count - span + 1
+                    i = 0
+                    while i + _BLOCK <= shingles:
+                        _update8(
+                            mins,
+                            a,
+                            b,
+                            num_perm,
+                            _shingle(t, i, span),
+                            _shingle(t, i + 1, span),
+                            _shingle(t, i + 2, span),
+                            _shingle(t, i + 3, span),
+                            _shingle(t, i + 4, span),
+                            _shingle(t, i + 5, span),
+                            _shingle(t, i + 6, span),
+                            _shingle(t, i + 7, span),
+                        )
+                        i += _BLOCK
+                    for j in range(i, shingles):
+                        _update1(mins, a, b, num_perm, _shingle(t, j, span))
             out[d, :] = mins
 
     return kernel
@@ -235,29 +316,10 @@ _KERNELS: dict[int, object] = {}
 
 
 def _kernel_for(num_perm: int):
+    """One kernel per signature width, compiled on first use (and cached on disk by Numba)."""
     if num_perm not in _KERNELS:
-        _KERNELS[num_perm] = _make_kernel(num_perm) if num_perm in SPECIALISED_NUM_PERM else _generic_kernel
+        _KERNELS[num_perm] = _make_kernel(num_perm)
     return _KERNELS[num_perm]
-
-
-@njit(parallel=True, cache=True)
-def _generic_kernel(data, offsets, nulls, table, ngram, chars, a, b, out):
-    num_perm = a.size
-    for d in prange(offsets.size - 1):
-        start, end = offsets[d], offsets[d + 1]
-        mins = np.full(num_perm, EMPTY, dtype=np.uint32)
-        if not nulls[d]:
-            tokens = np.empty(end - start + 1, dtype=np.uint64)
-            count = _tokenize(data, start, end, table, chars, tokens)
-            if count > 0:
-                span = min(ngram, count)
-                for first in range(count - span + 1):
-                    x = _shingle(tokens, first, span)
-                    for p in range(num_perm):
-                        v = np.uint32(a[p] * x + b[p])
-                        if v < mins[p]:
-                            mins[p] = v
-        out[d, :] = mins
 
 
 @njit(parallel=True, cache=True)
@@ -267,9 +329,9 @@ def _shingles_kernel(data, offsets, nulls, table, ngram, chars, hashes, counts):
         if nulls[d]:
             counts[d] = 0
             continue
-        tokens = np.empty(end - start + 1, dtype=np.uint64)
+        tokens = np.empty(end - start + 2, dtype=np.uint64)
         count = _tokenize(data, start, end, table, chars, tokens)
-        base = start + d
+        base = start + 2 * d
         if count == 0:
             counts[d] = 0
             continue
@@ -280,16 +342,29 @@ def _shingles_kernel(data, offsets, nulls, table, ngram, chars, hashes, counts):
 
 
 @njit(parallel=True, cache=True)
-def _permute_kernel(hashes, offsets, a, b, out):
+def _permute_kernel(h, offsets, a, b, out):
     num_perm = a.size
     for d in prange(offsets.size - 1):
         mins = np.full(num_perm, EMPTY, dtype=np.uint32)
-        for i in range(offsets[d], offsets[d + 1]):
-            x = hashes[i]
-            for p in range(num_perm):
-                v = np.uint32(a[p] * x + b[p])
-                if v < mins[p]:
-                    mins[p] = v
+        i, end = offsets[d], offsets[d + 1]
+        while i + _BLOCK <= end:
+            _update8(
+                mins,
+                a,
+                b,
+                num_perm,
+                h[i],
+                h[i + 1],
+                h[i + 2],
+                h[i + 3],
+                h[i + 4],
+                h[i + 5],
+                h[i + 6],
+                h[i + 7],
+            )
+            i += _BLOCK
+        for j in range(i, end):
+            _update1(mins, a, b, num_perm, h[j])
         out[d, :] = mins
 
 

@@ -56,7 +56,9 @@ class TextBuffers:
         return len(self.offsets) - 1
 
 
-def as_text_buffers(texts: pa.Array | pa.ChunkedArray | Sequence[str] | np.ndarray, unicode: bool = False) -> TextBuffers:
+def as_text_buffers(
+    texts: pa.Array | pa.ChunkedArray | Sequence[str] | np.ndarray, unicode: bool = False
+) -> TextBuffers:
     """Zero-copy views of an Arrow string array's buffers (copying only to join chunks or widen offsets)."""
     array = _as_arrow(texts)
     if unicode:
@@ -70,9 +72,13 @@ def as_text_buffers(texts: pa.Array | pa.ChunkedArray | Sequence[str] | np.ndarr
     else:
         raise TypeError(f"expected a string array, got {array.type}")
     validity, offsets_buffer, data_buffer = array.buffers()
-    offsets = np.frombuffer(offsets_buffer, dtype=width, count=len(array) + 1, offset=array.offset * np.dtype(width).itemsize)
+    offsets = np.frombuffer(
+        offsets_buffer, dtype=width, count=len(array) + 1, offset=array.offset * np.dtype(width).itemsize
+    )
     data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
-    nulls = array.is_null().to_numpy(zero_copy_only=False) if validity is not None else np.zeros(len(array), bool)
+    nulls = (
+        array.is_null().to_numpy(zero_copy_only=False) if validity is not None else np.zeros(len(array), bool)
+    )
     return TextBuffers(data, offsets.astype(np.int64, copy=False), nulls)
 
 
