@@ -67,7 +67,8 @@ def test_normalisation_folds_case_whitespace_and_punctuation() -> None:
     )
     assert (x == y).all()
     accented = Normalization(unicode=True)
-    u, v = minhash_signatures(["\uff23\uff21\uff26\uff25 au lait", "cafe au lait"]  # fullwidth CAFE, ngram=2, normalization=accented)
+    fullwidth_cafe = "\uff23\uff21\uff26\uff25"
+    u, v = minhash_signatures([f"{fullwidth_cafe} au lait", "cafe au lait"], ngram=2, normalization=accented)
     assert (u == v).all()
 
 
