@@ -80,6 +80,9 @@ def test_streaming_index_rejects_what_it_has_seen(corpus) -> None:
                 assert kept_truth[target] == truth[start + row]  # it duplicates a document of its cluster
                 assert similarity[row] >= 0.7
     assert len(index) == len(kept_truth)
-    assert 0 <= len(kept_truth) - len(set(truth)) <= 0.02 * len(truth)  # about one survivor per cluster
+    # Streaming is not transitive: two edits of one text may both survive when they differ enough.
+    assert 0 <= len(kept_truth) - len(set(truth)) <= 0.05 * len(truth)
+    agreement = (index.signatures[:, None, :] == index.signatures[None, :, :]).mean(axis=2)
+    assert (np.triu(agreement, k=1) >= 0.7).sum() <= 1  # what survives is not near-duplicate
     empty = minhash_signatures(["", ""])
     assert (index.add(empty)[0] == -1).all() and len(index) == len(kept_truth)
