@@ -83,6 +83,6 @@ def test_streaming_index_rejects_what_it_has_seen(corpus) -> None:
     # Streaming is not transitive: two edits of one text may both survive when they differ enough.
     assert 0 <= len(kept_truth) - len(set(truth)) <= 0.05 * len(truth)
     agreement = (index.signatures[:, None, :] == index.signatures[None, :, :]).mean(axis=2)
-    assert (np.triu(agreement, k=1) >= 0.7).sum() <= 1  # what survives is not near-duplicate
+    assert (np.triu(agreement, k=1) >= 0.7).sum() <= 0.02 * len(index)  # LSH may miss pairs near 0.7
     empty = minhash_signatures(["", ""])
     assert (index.add(empty)[0] == -1).all() and len(index) == len(kept_truth)
