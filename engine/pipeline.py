@@ -24,7 +24,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from synthkiln.engine.config import Recipe, load_recipe, recipe_from_dict
-from synthkiln.engine.schema import ROW_SCHEMA, rejected_schema
+from synthkiln.engine.schema import ROW_SCHEMA, conform, rejected_schema, with_fields
 from synthkiln.engine.seeds import SeedRow, count_seeds, describe_seeds, read_seeds
 from synthkiln.engine.stages import Stage, default_stages
 from synthkiln.engine.tasks import Prompt, ResponseParseError, SeedRowError, Task, build_task
@@ -72,6 +72,7 @@ class Pipeline:
         self.recipe = recipe
         self.task: Task = build_task(recipe.task)
         self.stages = stages if stages is not None else default_stages(recipe)
+        self.schema = with_fields(ROW_SCHEMA, [field for stage in self.stages for field in stage.fields])
         self._teachers = teachers
         self._owns_teachers = teachers is None  # teachers passed in are the caller's to close
 
@@ -131,7 +132,10 @@ class Pipeline:
         `limit` stops once the dataset holds at least that many accepted rows (the last step is kept whole).
         """
         out_dir = Path(out_dir) if out_dir is not None else self.recipe.output_dir
-        writer = DatasetWriter(out_dir, self.recipe, self._run_info(), fresh=fresh)
+        writer = DatasetWriter(out_dir, self.recipe, self._run_info(), self.schema, fresh=fresh)
+        for stage in self.stages:
+            if stage.restore_columns:
+                stage.restore(writer.committed_rows(list(stage.restore_columns)))
         total = self._prompt_estimate()
         bar = tqdm(total=total, initial=0, unit="prompt", disable=not progress, dynamic_ncols=True)
         complete = True
@@ -173,7 +177,7 @@ class Pipeline:
         window = _Window(rendered, finished=0)
         generated = self._generate(window, samples_per_prompt)
         step = self._curate(generated, samples_per_prompt)
-        return pa.Table.from_batches([step.kept], ROW_SCHEMA)
+        return pa.Table.from_batches([step.kept], self.schema)
 
     # -- the flow ------------------------------------------------------------------------------
 
@@ -272,10 +276,12 @@ class Pipeline:
         for stage in self.stages:
             kept, dropped = stage.process(kept)
             rejected.append(dropped)
-        rejected_rows = pa.Table.from_batches(rejected).combine_chunks().to_batches()
-        rejected_batch = (
-            rejected_rows[0] if rejected_rows else pa.RecordBatch.from_pylist([], rejected_schema(ROW_SCHEMA))
+        kept = conform(kept, self.schema)
+        full = rejected_schema(self.schema)
+        rejected_rows = (
+            pa.Table.from_batches([conform(b, full) for b in rejected], full).combine_chunks().to_batches()
         )
+        rejected_batch = rejected_rows[0] if rejected_rows else pa.RecordBatch.from_pylist([], full)
         return StepResult(
             kept, rejected_batch, len(window.prompts), generated.generation_seconds, generated.device_seconds
         )

@@ -49,6 +49,27 @@ REJECTION_FIELDS = [
 ]
 
 
+def with_fields(schema: pa.Schema, fields: list[pa.Field]) -> pa.Schema:
+    """`schema` plus the columns stages add (skipping any it already has)."""
+    for field in fields:
+        if schema.get_field_index(field.name) < 0:
+            schema = schema.append(field)
+    return schema
+
+
+def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """The batch with exactly `schema`'s columns: missing ones are null (e.g. a column a later stage adds)."""
+    if batch.schema.equals(schema):
+        return batch
+    columns = [
+        batch.column(field.name).cast(field.type)
+        if batch.schema.get_field_index(field.name) >= 0
+        else pa.nulls(len(batch), field.type)
+        for field in schema
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
 def rejected_schema(schema: pa.Schema) -> pa.Schema:
     """Rejected rows keep every column of the accepted ones, plus why they were rejected."""
     for field in REJECTION_FIELDS:

@@ -31,6 +31,12 @@ class Stage(ABC):
 
     name: str
     verifier: str | None = None  # set by stages that prove rows right (listed on the dataset card)
+    fields: tuple[pa.Field, ...] = ()  # columns this stage adds to the rows it keeps or rejects
+    restore_columns: tuple[str, ...] = ()  # committed columns a stateful stage rebuilds itself from
+
+    def restore(self, committed: pa.Table) -> None:
+        """Rebuild state from rows an earlier run committed (called before a resumed run starts)."""
+        raise NotImplementedError(f"stage '{self.name}' lists restore_columns but does not restore")
 
     def __init__(self) -> None:
         self.stats = StageStats()

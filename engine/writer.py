@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from synthkiln.engine.card import render_card
 from synthkiln.engine.config import Recipe
 from synthkiln.engine.errors import OutputError
-from synthkiln.engine.schema import ROW_SCHEMA, rejected_schema
+from synthkiln.engine.schema import ROW_SCHEMA, conform, rejected_schema
 
 MANIFEST = "manifest.json"
 FORMAT = "synthkiln-dataset/1"
@@ -39,9 +39,15 @@ SEEDS_STAGE = "seeds"  # quarantined seed rows: no sample was generated for them
 
 class DatasetWriter:
     def __init__(
-        self, out_dir: str | Path, recipe: Recipe, run_info: dict[str, Any], fresh: bool = False
+        self,
+        out_dir: str | Path,
+        recipe: Recipe,
+        run_info: dict[str, Any],
+        schema: pa.Schema = ROW_SCHEMA,
+        fresh: bool = False,
     ) -> None:
         self.out_dir = Path(out_dir)
+        self.schema = schema
         self.recipe = recipe
         self._shard_rows = recipe.output.shard_rows
         self._commit_seconds = recipe.output.commit_seconds
@@ -78,9 +84,9 @@ class DatasetWriter:
     ) -> None:
         """Queue one step's rows (all samples of its prompts); commits when a shard is due."""
         if len(kept):
-            self._pending_kept.append(kept.cast(ROW_SCHEMA) if kept.schema != ROW_SCHEMA else kept)
+            self._pending_kept.append(conform(kept, self.schema))
         if len(rejected):
-            self._pending_rejected.append(rejected)
+            self._pending_rejected.append(conform(rejected, rejected_schema(self.schema)))
         self._pending_rows += len(kept) + len(rejected)
         self._pending_generation_s += generation_seconds
         self._pending_device_s += device_seconds
@@ -92,20 +98,20 @@ class DatasetWriter:
         """Write pending rows as shards and publish them in the manifest (atomic)."""
         index = self.manifest["commits"]
         new_shards: dict[str, list[dict[str, Any]]] = {"data": [], "rejected": []}
-        kept = pa.Table.from_batches(self._pending_kept, ROW_SCHEMA) if self._pending_kept else None
+        kept = pa.Table.from_batches(self._pending_kept, self.schema) if self._pending_kept else None
         rejected = (
-            pa.Table.from_batches(self._pending_rejected, rejected_schema(ROW_SCHEMA))
+            pa.Table.from_batches(self._pending_rejected, rejected_schema(self.schema))
             if self._pending_rejected
             else None
         )
         for folder, table in (("data", kept), ("rejected", rejected)):
             if table is not None and table.num_rows:
                 relative = f"{folder}/part-{index:05d}.parquet"
-                _write_parquet_atomic(table, self.out_dir / relative)
+                write_parquet_atomic(table, self.out_dir / relative)
                 new_shards[folder].append({"path": relative, "rows": table.num_rows})
         self._update_manifest(kept, rejected, new_shards, complete)
-        _write_text_atomic(self.out_dir / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
-        _write_text_atomic(self.out_dir / "README.md", render_card(self.manifest))
+        write_text_atomic(self.out_dir / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
+        write_text_atomic(self.out_dir / "README.md", render_card(self.manifest))
         self._pending_kept, self._pending_rejected = [], []
         self._pending_rows = 0
         self._pending_generation_s = self._pending_device_s = 0.0
@@ -223,6 +229,16 @@ class DatasetWriter:
                         f"{self.out_dir / relative}: listed in the manifest but missing; use --fresh"
                     )
 
+    def committed_rows(self, columns: list[str]) -> pa.Table:
+        """The given columns of every committed accepted row, in commit order."""
+        tables = [
+            pq.read_table(self.out_dir / shard["path"], columns=columns)
+            for shard in self.manifest["shards"]["data"]
+        ]
+        if not tables:
+            return self.schema.empty_table().select(columns)
+        return pa.concat_tables(tables)
+
     def _committed_prompt_ids(self) -> set[str]:
         done: set[str] = set()
         for folder in ("data", "rejected"):
@@ -238,14 +254,14 @@ class DatasetWriter:
             (self.out_dir / name).unlink(missing_ok=True)
 
 
-def _write_parquet_atomic(table: pa.Table, path: Path) -> None:
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, temporary, compression="zstd")
     _fsync(temporary)
     os.replace(temporary, path)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(text, encoding="utf-8")
     _fsync(temporary)
