@@ -44,6 +44,22 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--rows", type=int, default=3, help="rows to show (default 3)")
     inspect.set_defaults(handler=_inspect)
 
+    dedup = commands.add_parser(
+        "dedup", help="remove near-duplicates from JSONL/Parquet files or dataset dirs"
+    )
+    dedup.add_argument("inputs", nargs="+", help="files (.jsonl, .jsonl.gz, .parquet) or directories")
+    dedup.add_argument("--out", required=True, help="output directory: data/, rejected/, manifest.json")
+    dedup.add_argument("--text-field", default="text", help="column holding the text (default: text)")
+    dedup.add_argument("--threshold", type=float, default=0.8, help="estimated Jaccard counted as duplicate")
+    dedup.add_argument("--num-perm", type=int, default=128, help="MinHash permutations (default 128)")
+    dedup.add_argument("--ngram", type=int, default=5, help="words per shingle (default 5)")
+    dedup.add_argument(
+        "--keep", default="first", help="which row of a cluster stays: first, longest, score:COLUMN"
+    )
+    dedup.add_argument("--backend", choices=["auto", "numba", "triton"], default="auto")
+    dedup.add_argument("--quiet", action="store_true", help="no progress bar")
+    dedup.set_defaults(handler=_dedup)
+
     models = commands.add_parser("models", help="manage embedded models")
     model_commands = models.add_subparsers(dest="models_command", required=True)
     prepare = model_commands.add_parser("prepare", help="convert an embedded model to safetensors (cached)")
@@ -137,6 +153,21 @@ def _inspect(args: argparse.Namespace) -> int:
 def _clip(text: str, width: int = 160) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _dedup(args: argparse.Namespace) -> int:
+    from synthkiln.engine.dedup import dedup_corpus
+
+    if not 0 < args.threshold < 1:
+        raise SynthkilnError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    report = dedup_corpus(
+        [Path(p) for p in args.inputs], Path(args.out), args.text_field, args.threshold, args.num_perm, args.ngram,
+        args.keep, args.backend, progress=not args.quiet,
+    )  # fmt: skip
+    print(f"rows {report.rows}  kept {report.kept}  removed {report.removed}  quarantined {report.quarantined}  "
+          f"clusters {report.clusters}")  # fmt: skip
+    print(f"dataset: {args.out}")
+    return 0
 
 
 def _models_prepare(args: argparse.Namespace) -> int:

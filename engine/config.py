@@ -210,6 +210,23 @@ class FiltersConfig(_Strict):
     unterminated: bool = Field(True, description="Reject samples cut off by `max_tokens`.")
 
 
+class DedupConfig(_Strict):
+    """Streaming near-duplicate removal: each sample against everything accepted so far."""
+
+    enabled: bool = Field(True, description="Reject near-duplicates of accepted samples.")
+    threshold: float = Field(
+        0.8, gt=0, lt=1, description="Estimated Jaccard similarity that counts as duplicate."
+    )
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations per signature.")
+    ngram: int = Field(5, ge=1, description="Words per shingle.")
+    text_field: str = Field("response", description="Text column compared.")
+    backend: Literal["auto", "numba", "triton"] = Field("auto", description="Signature kernel.")
+    against: list[str] = Field(
+        default_factory=list,
+        description="Existing corpora (files or dataset directories) that count as seen.",
+    )
+
+
 class OutputConfig(_Strict):
     """Where and how the dataset directory is written."""
 
@@ -233,6 +250,7 @@ class Recipe(_Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -257,7 +275,7 @@ class Recipe(_Strict):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-_RELATIVE_TO_RECIPE = (("seeds", "path"), ("task", "template_file"))
+_RELATIVE_TO_RECIPE = (("seeds", "path"), ("task", "template_file"), ("dedup", "against"))
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -364,10 +382,18 @@ def _resolve_path(data: dict[str, Any], keys: tuple[str, ...], base: Path) -> No
     node: Any = data
     for key in keys[:-1]:
         node = node.get(key) if isinstance(node, dict) else None
-    if isinstance(node, dict) and isinstance(node.get(keys[-1]), str):
-        value = Path(node[keys[-1]]).expanduser()
-        if not value.is_absolute():
-            node[keys[-1]] = str((base / value).resolve())
+    if not isinstance(node, dict):
+        return
+    value = node.get(keys[-1])
+    if isinstance(value, str):
+        node[keys[-1]] = _relative_to(base, value)
+    elif isinstance(value, list):
+        node[keys[-1]] = [_relative_to(base, v) if isinstance(v, str) else v for v in value]
+
+
+def _relative_to(base: Path, value: str) -> str:
+    path = Path(value).expanduser()
+    return value if path.is_absolute() else str((base / path).resolve())
 
 
 def _describe_error(err: dict[str, Any], data: dict[str, Any], overridden: set[tuple[str | int, ...]]) -> str:

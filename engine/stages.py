@@ -202,6 +202,12 @@ def default_stages(recipe: Recipe) -> list[Stage]:
         stages.append(ReferenceAnswer())
     if recipe.generation.keep == "first":
         stages.append(FirstPerPrompt())
+    if recipe.dedup.enabled:  # last: its index must hold exactly the accepted rows
+        from synthkiln.engine.dedup import NearDuplicates
+
+        dedup = recipe.dedup
+        stages.append(NearDuplicates(dedup.threshold, dedup.num_perm, dedup.ngram, dedup.text_field, dedup.backend,
+                                     dedup.against))  # fmt: skip
     return stages
 
 

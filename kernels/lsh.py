@@ -19,12 +19,15 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
 def optimal_bands(
-    threshold: float, num_perm: int, false_positive_weight: float = 0.5, false_negative_weight: float = 0.5
+    threshold: float, num_perm: int, false_positive_weight: float = 0.05, false_negative_weight: float = 0.95
 ) -> tuple[int, int]:
     """(bands, rows) with bands * rows <= num_perm minimising the weighted FP + FN probability areas.
 
     A pair of similarity s becomes a candidate with probability 1 - (1 - s**rows)**bands; the false
     positive area integrates that below the threshold, the false negative area its complement above.
+    The default weights favour recall: a false positive costs one signature comparison (candidates are
+    confirmed), a false negative loses a duplicate. Equal weights (datasketch's default) would find
+    only a third of the pairs at exactly 0.8 with 128 permutations; these weights find ~95%.
     """
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")

@@ -63,7 +63,8 @@ def test_run_writes_dataset_and_quarantines_bad_rows(tmp_path: Path, seeds: Path
 def test_stream_yields_arrow_batches_without_writing(tmp_path: Path, seeds: Path, hf_teacher) -> None:
     pipeline = Pipeline.from_recipe(instruction_recipe(seeds), teachers=[hf_teacher])
     batches = list(pipeline.stream(limit=3))
-    assert all(isinstance(b, pa.RecordBatch) and b.schema.equals(ROW_SCHEMA) for b in batches)
+    assert all(isinstance(b, pa.RecordBatch) and b.schema.equals(pipeline.schema) for b in batches)
+    assert set(ROW_SCHEMA.names) < set(pipeline.schema.names)  # plus the dedup stage's columns
     assert sum(len(b) for b in batches) in (3, 4)  # stops after the step that reaches the limit
     assert not (tmp_path / "out").exists()
 
@@ -108,7 +109,7 @@ def test_generate_verified_batch_for_launchers(hf_teacher) -> None:
     }
     with Pipeline.from_recipe(recipe, teachers=[hf_teacher]) as pipeline:
         table = pipeline.generate_verified_batch(QUICK_INSTRUCTIONS[:2], samples_per_prompt=2)
-    assert isinstance(table, pa.Table) and table.schema.equals(ROW_SCHEMA)
+    assert isinstance(table, pa.Table) and table.schema.equals(pipeline.schema)
     assert 1 <= table.num_rows <= 2
     assert set(table.column("seed_source").to_pylist()) == {"<api>"}
 

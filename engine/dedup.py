@@ -1,0 +1,323 @@
+"""Near-duplicate removal with MinHash + LSH: the streaming pipeline stage and the corpus command.
+
+Both share the kernels: signatures (:mod:`synthkiln.kernels.minhash`), bands, candidates confirmed by
+signature agreement and clusters (:mod:`synthkiln.kernels.lsh`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from synthkiln.engine.errors import SynthkilnError
+from synthkiln.engine.stages import Stage
+from synthkiln.engine.writer import write_parquet_atomic, write_text_atomic
+from synthkiln.kernels.lsh import StreamingIndex, cluster_duplicates
+from synthkiln.kernels.minhash import minhash_signatures
+
+
+class NearDuplicates(Stage):
+    """Reject a sample whose text is a near-duplicate of anything accepted so far (or of a corpus).
+
+    Kept rows carry their signature in `minhash`, so committed shards hold the whole index: a resumed
+    run rebuilds it from them (`restore`).
+    """
+
+    name = "dedup"
+    restore_columns = ("id", "minhash")
+
+    def __init__(
+        self,
+        threshold: float = 0.8,
+        num_perm: int = 128,
+        ngram: int = 5,
+        text_field: str = "response",
+        backend: str = "auto",
+        against: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.threshold, self.num_perm, self.ngram = threshold, num_perm, ngram
+        self.text_field, self.backend = text_field, backend
+        self.fields = (
+            pa.field("minhash", pa.list_(pa.uint32(), num_perm)),
+            pa.field("duplicate_of", pa.string()),
+            pa.field("similarity", pa.float32()),
+        )
+        self._index = StreamingIndex(num_perm, threshold)
+        self._ids: list[str] = []
+        for path in against or []:
+            self._add_corpus(Path(path))
+
+    def signatures(self, texts: pa.Array) -> np.ndarray:
+        return minhash_signatures(texts, num_perm=self.num_perm, ngram=self.ngram, backend=self.backend)
+
+    def process(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+        signatures = self.signatures(batch.column(self.text_field))
+        duplicate_of, similarity = self._index.add(signatures)
+        added = duplicate_of < 0
+        ids = batch.column("id").to_pylist()
+        added_rows = np.flatnonzero(added & ~_empty(signatures))
+        self._ids.extend(ids[i] for i in added_rows)
+        duplicate_ids = [self._ids[target] if target >= 0 else None for target in duplicate_of.tolist()]
+        batch = batch.append_column(self.fields[0], _fixed_size(signatures, self.num_perm))
+        batch = batch.append_column(self.fields[1], pa.array(duplicate_ids, pa.string()))
+        batch = batch.append_column(self.fields[2], pa.array(similarity, pa.float32(), mask=added))
+        reasons = pa.array([None if keep else "near-duplicate" for keep in added.tolist()], pa.string())
+        return self.split(batch, reasons)
+
+    def restore(self, committed: pa.Table) -> None:
+        if not committed.num_rows:
+            return
+        flat = committed.column("minhash").combine_chunks().flatten().to_numpy()
+        self._index.add(flat.reshape(-1, self.num_perm).astype(np.uint32))
+        self._ids.extend(committed.column("id").to_pylist())
+
+    def _add_corpus(self, path: Path) -> None:
+        for source in iter_sources([path], self.text_field):
+            for batch in source.batches():
+                texts = batch.column(self.text_field)
+                duplicate_of, _ = self._index.add(self.signatures(texts))
+                names = [f"{source.path.name}:{source.row_base + i}" for i in range(len(batch))]
+                self._ids.extend(name for name, target in zip(names, duplicate_of, strict=True) if target < 0)
+
+
+def _empty(signatures: np.ndarray) -> np.ndarray:
+    return (signatures == np.uint32(0xFFFFFFFF)).all(axis=1)
+
+
+def _fixed_size(signatures: np.ndarray, num_perm: int) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(signatures.reshape(-1), pa.uint32()), num_perm)
+
+
+# -- corpus mode ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Source:
+    """One input file, read in record batches; `row_base` counts rows read before the current batch."""
+
+    path: Path
+    text_field: str
+    row_base: int = 0
+
+    def batches(self, batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
+        self.row_base = 0
+        for batch in self._read(batch_rows):
+            if batch.schema.get_field_index(self.text_field) < 0:
+                fields = ", ".join(batch.schema.names)
+                raise SynthkilnError(
+                    f"{self.path}: no field '{self.text_field}' (fields: {fields}); use --text-field"
+                )
+            column = batch.column(self.text_field)
+            if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+                batch = _decode_binary(batch, self.text_field)
+            elif not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+                raise SynthkilnError(f"{self.path}: field '{self.text_field}' holds {column.type}, not text")
+            yield batch
+            self.row_base += len(batch)
+
+    def _read(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        name = self.path.name
+        try:
+            if name.endswith(".parquet"):
+                yield from pq.ParquetFile(self.path).iter_batches(batch_size=batch_rows)
+            elif name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
+                yield from _read_jsonl(self.path, batch_rows)
+            else:
+                raise SynthkilnError(f"{self.path}: unknown format (use .jsonl, .jsonl.gz or .parquet)")
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise SynthkilnError(f"{self.path}: cannot read: {exc}") from None
+
+
+def _read_jsonl(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Arrow's fast JSON reader; on a malformed file, a line-by-line read that names the bad line."""
+    try:
+        table = pa_json.read_json(path)
+        table.validate(full=True)  # the reader passes invalid UTF-8 through; full validation catches it
+    except pa.ArrowInvalid:
+        import gzip
+
+        opener = gzip.open if path.name.endswith(".gz") else open
+        rows = []
+        with opener(path, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    raise SynthkilnError(f"{path}: line {number}: invalid JSON ({exc})") from None
+        table = pa.Table.from_pylist(rows)
+    yield from table.to_batches(max_chunksize=batch_rows)
+
+
+def _decode_binary(batch: pa.RecordBatch, name: str) -> pa.RecordBatch:
+    """Binary text (from Parquet files written without a string type): invalid UTF-8 becomes null."""
+    values = []
+    for raw in batch.column(name).to_pylist():
+        try:
+            values.append(raw.decode("utf-8") if raw is not None else None)
+        except UnicodeDecodeError:
+            values.append(None)
+    index = batch.schema.get_field_index(name)
+    return batch.set_column(index, pa.field(name, pa.large_string()), pa.array(values, pa.large_string()))
+
+
+def iter_sources(inputs: list[Path], text_field: str) -> list[Source]:
+    """Files named, or the data files inside directories (a synthkiln dataset's `data/`, else all)."""
+    sources = []
+    for path in inputs:
+        if path.is_dir():
+            root = path / "data" if (path / "data").is_dir() else path
+            files = sorted(
+                p
+                for p in root.rglob("*")
+                if p.is_file() and p.name.endswith((".parquet", ".jsonl", ".jsonl.gz"))
+            )
+            if not files:
+                raise SynthkilnError(f"{path}: no .parquet or .jsonl files inside")
+            sources.extend(Source(f, text_field) for f in files)
+        elif path.is_file():
+            sources.append(Source(path, text_field))
+        else:
+            raise SynthkilnError(f"{path}: no such file or directory")
+    return sources
+
+
+@dataclass
+class DedupReport:
+    rows: int = 0
+    kept: int = 0
+    removed: int = 0
+    quarantined: int = 0
+    clusters: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def dedup_corpus(
+    inputs: list[Path],
+    out_dir: Path,
+    text_field: str = "text",
+    threshold: float = 0.8,
+    num_perm: int = 128,
+    ngram: int = 5,
+    keep: str = "first",
+    backend: str = "auto",
+    progress: bool = True,
+) -> DedupReport:
+    """Two passes over the inputs: signatures (text then dropped), then rows written by verdict."""
+    if keep not in ("first", "longest") and not keep.startswith("score:"):
+        raise SynthkilnError(f"--keep must be first, longest or score:COLUMN, got {keep!r}")
+    sources = iter_sources(inputs, text_field)
+    report = DedupReport()
+    started = time.perf_counter()
+    signatures, priority, bad, source_rows = [], [], [], []
+    with tqdm(desc="signatures", unit="doc", disable=not progress) as bar:
+        for source in sources:
+            source_rows.append(0)
+            for batch in source.batches():
+                source_rows[-1] += len(batch)
+                texts = batch.column(text_field)
+                signatures.append(minhash_signatures(texts, num_perm=num_perm, ngram=ngram, backend=backend))
+                priority.append(_priority(batch, keep, source, text_field))
+                bad.append(pc.is_null(texts).to_numpy(zero_copy_only=False))
+                bar.update(len(batch))
+    all_signatures = np.concatenate(signatures) if signatures else np.zeros((0, num_perm), np.uint32)
+    del signatures
+    report.seconds["signatures"] = time.perf_counter() - started
+    mark = time.perf_counter()
+    clusters = cluster_duplicates(all_signatures, threshold, np.concatenate(priority) if priority else None)
+    quarantined = np.concatenate(bad) if bad else np.zeros(0, bool)
+    report.seconds["clusters"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    report.rows = len(all_signatures)
+    report.quarantined = int(quarantined.sum())
+    report.removed = int((~clusters.keep & ~quarantined).sum())
+    report.kept = report.rows - report.removed - report.quarantined
+    report.clusters = len(np.unique(clusters.cluster[~clusters.keep]))
+    _write_verdicts(sources, np.array(source_rows), out_dir, clusters, quarantined, text_field)
+    report.seconds["write"] = time.perf_counter() - mark
+    manifest = {
+        "format": "synthkiln-dedup/1",
+        "inputs": [str(s.path) for s in sources],
+        "parameters": {"text_field": text_field, "threshold": threshold, "num_perm": num_perm, "ngram": ngram,
+                       "keep": keep, "backend": backend},
+        "rows": report.rows, "kept": report.kept, "removed": report.removed, "quarantined": report.quarantined,
+        "clusters_with_duplicates": report.clusters,
+        "seconds": {k: round(v, 3) for k, v in report.seconds.items()},
+    }  # fmt: skip
+    write_text_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    return report
+
+
+def _priority(batch: pa.RecordBatch, keep: str, source: Source, text_field: str) -> np.ndarray:
+    if keep == "first":
+        return np.zeros(len(batch))
+    if keep == "longest":
+        return pc.fill_null(pc.utf8_length(batch.column(text_field)), 0).to_numpy().astype(np.float64)
+    column = keep.split(":", 1)[1]
+    if batch.schema.get_field_index(column) < 0:
+        raise SynthkilnError(f"{source.path}: --keep {keep}: no column '{column}'")
+    scores = pc.cast(batch.column(column), pa.float64())
+    return pc.fill_null(scores, -np.inf).to_numpy()
+
+
+def _write_verdicts(
+    sources: list[Source], source_rows: np.ndarray, out_dir: Path, clusters: Any, quarantined: np.ndarray,
+    text_field: str,
+) -> None:  # fmt: skip
+    for folder in ("data", "rejected"):
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    starts = np.concatenate([[0], np.cumsum(source_rows)])
+
+    def name(row: int) -> str:
+        owner = int(np.searchsorted(starts, row, side="right")) - 1
+        return f"{sources[owner].path.name}:{row - starts[owner]}"
+
+    offset = 0
+    for number, source in enumerate(sources):
+        kept_parts, rejected_parts = [], []
+        for batch in source.batches():
+            rows = np.arange(offset, offset + len(batch))
+            offset += len(batch)
+            keep = clusters.keep[rows] & ~quarantined[rows]
+            kept_parts.append(batch.filter(pa.array(keep)))
+            dropped = ~keep
+            if dropped.any():
+                targets = clusters.duplicate_of[rows][dropped]
+                is_null = quarantined[rows][dropped]
+                removed = batch.filter(pa.array(dropped))
+                removed = removed.append_column(
+                    "cluster_id", pa.array(clusters.cluster[rows][dropped], pa.int64())
+                )
+                removed = removed.append_column(
+                    "duplicate_of",
+                    pa.array(
+                        [None if n else name(t) for t, n in zip(targets, is_null, strict=True)], pa.string()
+                    ),
+                )
+                removed = removed.append_column(
+                    "similarity",
+                    pa.array(clusters.similarity[rows][dropped], pa.float32(), mask=is_null),
+                )
+                removed = removed.append_column(
+                    "reason",
+                    pa.array([f"null {text_field}" if n else "near-duplicate" for n in is_null], pa.string()),
+                )
+                rejected_parts.append(removed)
+        for folder, parts in (("data", kept_parts), ("rejected", rejected_parts)):
+            if parts and sum(len(p) for p in parts):
+                write_parquet_atomic(
+                    pa.Table.from_batches(parts), out_dir / folder / f"part-{number:05d}.parquet"
+                )
