@@ -1,8 +1,8 @@
 """The MinHash kernel in Triton: the scheme of :mod:`minhash`, bit for bit, one program per document.
 
 Each program walks its document's bytes once (branch-free, as the Numba words tokenizer does) to
-write token hashes into a scratch buffer, then folds every shingle into a vector of `num_perm`
-running minima held in registers. Without a GPU it runs under ``TRITON_INTERPRET=1`` (slow, for
+write token hashes into a scratch buffer, then rolls over its shingles, folding each into a vector of `num_perm` running minima held in
+registers. Without a GPU it runs under ``TRITON_INTERPRET=1`` (slow, for
 correctness); tensors are passed as signed types and bitcast in the kernel because CPU torch lacks
 most unsigned operations.
 """
@@ -35,6 +35,18 @@ def _fmix32(h):
     h *= 0xC2B2AE35
     h ^= h >> 16
     return h
+
+
+@triton.jit
+def _rotl(x, bits):
+    bits = bits & 63
+    return (x << bits) | (x >> ((64 - bits) & 63))
+
+
+@triton.jit
+def _finish(s):
+    s *= 0x9E3779B97F4A7C15
+    return _fmix32(((s ^ (s >> 32)) & 0xFFFFFFFF).to(tl.uint32))
 
 
 @triton.jit
@@ -85,14 +97,18 @@ def _minhash_kernel(
     b = tl.load(b_ptr + lanes, mask=in_range, other=0).to(tl.uint32, bitcast=True)
     mins = tl.full((BLOCK,), 0xFFFFFFFF, tl.uint32)
     span = tl.minimum(count, ngram)
-    shingles = tl.where(count > 0, count - span + 1, 0)
-    for first in range(0, shingles):
-        s = tl.load(tokens + first).to(tl.uint64, bitcast=True)
-        for k in range(1, span):
-            s = ((s << 27) | (s >> 37)) ^ tl.load(tokens + first + k).to(tl.uint64, bitcast=True)
-            s *= 0x9E3779B97F4A7C15
-        x = _fmix32(((s ^ (s >> 32)) & 0xFFFFFFFF).to(tl.uint32))
-        mins = tl.minimum(mins, a * x + b)
+    # Rolling shingle hash, as in the Numba kernel: s_i = XOR_k rotl(t[i+k], (span-1-k)*27).
+    s = tl.full((), 0, tl.uint64)
+    for k in range(0, span):
+        s = _rotl(s, 27) ^ tl.load(tokens + k).to(tl.uint64, bitcast=True)
+    first = tl.minimum(mins, a * _finish(s) + b)
+    mins = tl.where(count > 0, first, mins)
+    leaving = (span.to(tl.uint64) * 27) & 63
+    for i in range(1, count - span + 1):
+        leaving_token = tl.load(tokens + i - 1).to(tl.uint64, bitcast=True)
+        entering_token = tl.load(tokens + i + span - 1).to(tl.uint64, bitcast=True)
+        s = _rotl(s, 27) ^ _rotl(leaving_token, leaving) ^ entering_token
+        mins = tl.minimum(mins, a * _finish(s) + b)
     tl.store(out_ptr + doc * num_perm + lanes, mins.to(tl.int32, bitcast=True), mask=in_range)
 
 
