@@ -48,6 +48,8 @@ test: model vllm-venv lint
 bench: model vllm-venv
 	$(PY) benchmarks/bench_generate.py --backend transformers
 	$(VLLM_VENV)/bin/python benchmarks/bench_generate.py --backend vllm
+	$(PY) benchmarks/bench_minhash.py
+	$(PY) benchmarks/bench_dedup.py
 
 clean:
 	rm -rf $(VENV) $(CACHE) out

@@ -16,24 +16,15 @@ signature `EMPTY`; similarity and LSH treat it as matching nothing.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
+import numba
 import numpy as np
 import pyarrow as pa
+from numba import njit, prange
 
 from synthkiln.kernels.text import Normalization, TextBuffers, as_text_buffers
-
-# Numba caches compiled kernels here so that only the first process on a machine pays for compilation.
-os.environ.setdefault(
-    "NUMBA_CACHE_DIR",
-    str(Path(os.environ.get("SYNTHKILN_CACHE_DIR") or Path.home() / ".cache" / "synthkiln") / "numba"),
-)
-
-import numba
-from numba import njit, prange
 
 EMPTY = np.uint32(0xFFFFFFFF)
 
