@@ -76,6 +76,20 @@ def test_corpus_dedup_removes_planted_copies(planted, tmp_path: Path) -> None:
             assert int(row["duplicate_of"].split(":")[1]) >= 200  # the copies are longer, so they stay
 
 
+def test_keep_by_score_column(planted, tmp_path: Path) -> None:
+    corpus, _ = planted
+    out = tmp_path / "score"
+    run("dedup", str(corpus), "--out", str(out), "--threshold", "0.7", "--keep", "score:score", "--quiet")
+    rows = [json.loads(line) for line in corpus.read_text().splitlines()]
+    for row in pq.read_table(out / "rejected").to_pylist():
+        kept = rows[int(row["duplicate_of"].split(":")[1])]
+        assert kept["score"] >= row["score"]  # the highest score of a cluster stays
+    bad = run(
+        "dedup", str(corpus), "--out", str(tmp_path / "x"), "--keep", "score:missing", "--quiet", check=False
+    )
+    assert bad.returncode == 2 and "no column 'missing'" in bad.stderr
+
+
 def test_bad_input_is_named_or_quarantined(tmp_path: Path) -> None:
     wrong_field = tmp_path / "a.jsonl"
     wrong_field.write_text('{"body": "hello there"}\n')
