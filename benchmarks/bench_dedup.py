@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import re
 import resource
@@ -26,12 +24,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from common import GSM8K, save_report
 
 from synthkiln.kernels.lsh import cluster_duplicates
 from synthkiln.kernels.minhash import minhash_signatures, shingle_hashes
 
-RESULTS = Path(__file__).parent / "results"
-GSM8K = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks" / "gsm8k" / "train.jsonl"
 THRESHOLD = 0.8
 
 
@@ -124,26 +121,18 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=1_000_000)
     args = parser.parse_args()
     pool = sentences()
-    report = {
-        "benchmark": "dedup",
-        "threshold": THRESHOLD,
-        "num_perm": 128,
-        "ngram": 5,
-        "quality": quality(pool),
-        "end_to_end": end_to_end(pool, args.documents),
-        "targets": {"wall_seconds": 60, "peak_rss_GiB": 3, "precision": 0.95, "recall": 0.95},
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpu_count": os.cpu_count(),
+    save_report(
+        "dedup_cpu",
+        {
+            "benchmark": "dedup",
+            "threshold": THRESHOLD,
+            "num_perm": 128,
+            "ngram": 5,
+            "quality": quality(pool),
+            "end_to_end": end_to_end(pool, args.documents),
+            "targets": {"wall_seconds": 60, "peak_rss_GiB": 3, "precision": 0.95, "recall": 0.95},
         },
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "dedup_cpu.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    json.dump(report, sys.stdout, indent=2)
-    print(f"\nsaved {path}")
+    )
 
 
 if __name__ == "__main__":

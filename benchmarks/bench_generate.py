@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-RESULTS = Path(__file__).parent / "results"
+from common import machine_info, save_report
+
 PROMPTS = [
     f"{verb} {topic} in a short paragraph."
     for verb in ("Explain", "Describe", "Summarise", "Give an example of")
@@ -120,29 +118,12 @@ def pipeline_run(
     return manifest["tokens"]["completion"], elapsed
 
 
-def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-    }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    return info
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["transformers", "vllm"], required=True)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each side; best kept")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each side; best kept")
     args = parser.parse_args()
 
     from synthkiln.engine.models import prepare_embedded
@@ -176,15 +157,9 @@ def main() -> None:
         },
         "ratio_pipeline_over_raw": round((pipe_tokens / pipe_s) / (raw_tokens / raw_s), 3),
         "target_ratio": 0.9,
-        "machine": machine(),
-        "date": time.strftime("%Y-%m-%d"),
     }
-    suffix = "gpu" if "gpu" in result["machine"] else "cpu"
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"generate_{args.backend}_{suffix}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    json.dump(result, sys.stdout, indent=2)
-    print(f"\nsaved {path}")
+    suffix = "gpu" if "gpu" in machine_info() else "cpu"
+    save_report(f"generate_{args.backend}_{suffix}", result)
 
 
 if __name__ == "__main__":

@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from common import GSM8K, save_report
 
 from synthkiln.kernels.minhash import minhash_signatures, set_threads, shingle_hashes, signatures_from_hashes
 
-RESULTS = Path(__file__).parent / "results"
-GSM8K = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks" / "gsm8k" / "train.jsonl"
 NUM_PERM, NGRAM = 128, 5
 
 
@@ -131,28 +127,20 @@ def main() -> None:
         "vs_datasketch": 100,
         "within_x_of_lower_bound": 2,
     }
-    report = {
-        "benchmark": "minhash",
-        "documents": len(docs),
-        "bytes": total_bytes,
-        "shingles": shingles,
-        "num_perm": NUM_PERM,
-        "ngram": NGRAM,
-        "results": results,
-        "ratios": ratios,
-        "targets": targets,
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpu_count": os.cpu_count(),
+    save_report(
+        "minhash_cpu",
+        {
+            "benchmark": "minhash",
+            "documents": len(docs),
+            "bytes": total_bytes,
+            "shingles": shingles,
+            "num_perm": NUM_PERM,
+            "ngram": NGRAM,
+            "results": results,
+            "ratios": ratios,
+            "targets": targets,
         },
-        "date": time.strftime("%Y-%m-%d"),
-    }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "minhash_cpu.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    json.dump({"results": results, "ratios": ratios}, sys.stdout, indent=2)
-    print(f"\nsaved {path}")
+    )
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ class NearDuplicates(Stage):
         )
         self._index = StreamingIndex(num_perm, threshold)
         self._ids: list[str] = []
+        self.signatures(pa.array(["warm up the kernel"]))  # compile or load it now, not mid-run
         for path in against or []:
             self._add_corpus(Path(path))
 

@@ -290,6 +290,19 @@ def _update1(mins, a, b, num_perm, x) -> None:
         mins[p] = min(mins[p], np.uint32(a[p] * x + b[p]))
 
 
+@njit(inline="always", cache=True)
+def _permute_into(mins, a, b, num_perm, h, start, end) -> None:
+    """Fold shingle hashes h[start:end] into the running minima, 8 shingles per permutation pass."""
+    i = start
+    while i + _BLOCK <= end:
+        _update8(
+            mins, a, b, num_perm, h[i], h[i + 1], h[i + 2], h[i + 3], h[i + 4], h[i + 5], h[i + 6], h[i + 7]
+        )
+        i += _BLOCK
+    for j in range(i, end):
+        _update1(mins, a, b, num_perm, h[j])
+
+
 def _make_kernel(num_perm: int):
     """The signature kernel with `num_perm` fixed at compile time, so the permutation loop unrolls."""
 
@@ -306,25 +319,7 @@ def _make_kernel(num_perm: int):
                     # one fused loop here.
                     h = np.empty(count, dtype=np.uint32)
                     shingles = _shingle_hashes(tokens, count, min(ngram, count), h)
-                    i = 0
-                    while i + _BLOCK <= shingles:
-                        _update8(
-                            mins,
-                            a,
-                            b,
-                            num_perm,
-                            h[i],
-                            h[i + 1],
-                            h[i + 2],
-                            h[i + 3],
-                            h[i + 4],
-                            h[i + 5],
-                            h[i + 6],
-                            h[i + 7],
-                        )
-                        i += _BLOCK
-                    for j in range(i, shingles):
-                        _update1(mins, a, b, num_perm, h[j])
+                    _permute_into(mins, a, b, num_perm, h, 0, shingles)
             out[d, :] = mins
 
     return kernel
@@ -361,25 +356,7 @@ def _permute_kernel(h, offsets, a, b, out):
     num_perm = a.size
     for d in prange(offsets.size - 1):
         mins = np.full(num_perm, EMPTY, dtype=np.uint32)
-        i, end = offsets[d], offsets[d + 1]
-        while i + _BLOCK <= end:
-            _update8(
-                mins,
-                a,
-                b,
-                num_perm,
-                h[i],
-                h[i + 1],
-                h[i + 2],
-                h[i + 3],
-                h[i + 4],
-                h[i + 5],
-                h[i + 6],
-                h[i + 7],
-            )
-            i += _BLOCK
-        for j in range(i, end):
-            _update1(mins, a, b, num_perm, h[j])
+        _permute_into(mins, a, b, num_perm, h, offsets[d], offsets[d + 1])
         out[d, :] = mins
 
 
