@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,16 +81,55 @@ class NearDuplicates(Stage):
         if not committed.num_rows:
             return
         flat = committed.column("minhash").combine_chunks().flatten().to_numpy()
-        self._index.add(flat.reshape(-1, self.num_perm).astype(np.uint32))
-        self._ids.extend(committed.column("id").to_pylist())
+        signatures = np.concatenate(
+            [self._index.signatures, flat.reshape(-1, self.num_perm).astype(np.uint32)]
+        )
+        ids = self._ids + [
+            i
+            for i, e in zip(
+                committed.column("id").to_pylist(), _empty(signatures[len(self._ids) :]), strict=True
+            )
+            if not e
+        ]
+        self._index = StreamingIndex.of(signatures, self.threshold)
+        self._ids = ids
 
     def _add_corpus(self, path: Path) -> None:
+        if (path / INDEX).is_file():
+            signatures, names = load_index(path / INDEX, self.num_perm, self.ngram)
+            self._index = StreamingIndex.of(
+                np.concatenate([self._index.signatures, signatures]), self.threshold
+            )
+            self._ids.extend(names)
+            return
         for source in iter_sources([path], self.text_field):
             for batch in source.batches():
                 texts = batch.column(self.text_field)
                 duplicate_of, _ = self._index.add(self.signatures(texts))
                 names = [f"{source.path.name}:{source.row_base + i}" for i in range(len(batch))]
                 self._ids.extend(name for name, target in zip(names, duplicate_of, strict=True) if target < 0)
+
+
+INDEX = "index.npz"
+
+
+def save_index(path: Path, signatures: np.ndarray, names: list[str], num_perm: int, ngram: int) -> None:
+    """Signatures of kept documents and their names, reusable as `dedup.against` without re-hashing."""
+    temporary = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(
+        temporary, signatures=signatures, names=np.array(names, dtype=str), num_perm=num_perm, ngram=ngram
+    )
+    temporary.replace(path)
+
+
+def load_index(path: Path, num_perm: int, ngram: int) -> tuple[np.ndarray, list[str]]:
+    with np.load(path, allow_pickle=False) as stored:
+        if int(stored["num_perm"]) != num_perm or int(stored["ngram"]) != ngram:
+            raise SynthkilnError(
+                f"{path}: built with num_perm={int(stored['num_perm'])}, ngram={int(stored['ngram'])}; "
+                f"this run uses num_perm={num_perm}, ngram={ngram}"
+            )
+        return stored["signatures"], stored["names"].tolist()
 
 
 def _empty(signatures: np.ndarray) -> np.ndarray:
@@ -247,7 +286,12 @@ def dedup_corpus(
     report.removed = int((~clusters.keep & ~quarantined).sum())
     report.kept = report.rows - report.removed - report.quarantined
     report.clusters = len(np.unique(clusters.cluster[~clusters.keep]))
-    _write_verdicts(sources, np.array(source_rows), out_dir, clusters, quarantined, text_field)
+    name = _namer(sources, source_rows)
+    _write_verdicts(sources, name, out_dir, clusters, quarantined, text_field)
+    kept_rows = np.flatnonzero(clusters.keep & ~quarantined)
+    save_index(
+        out_dir / INDEX, all_signatures[kept_rows], [name(r) for r in kept_rows.tolist()], num_perm, ngram
+    )
     report.seconds["write"] = time.perf_counter() - mark
     manifest = {
         "format": "synthkiln-dedup/1",
@@ -256,6 +300,7 @@ def dedup_corpus(
                        "keep": keep, "backend": backend},
         "rows": report.rows, "kept": report.kept, "removed": report.removed, "quarantined": report.quarantined,
         "clusters_with_duplicates": report.clusters,
+        "index": INDEX,
         "seconds": {k: round(v, 3) for k, v in report.seconds.items()},
     }  # fmt: skip
     write_text_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
@@ -274,18 +319,23 @@ def _priority(batch: pa.RecordBatch, keep: str, source: Source, text_field: str)
     return pc.fill_null(scores, -np.inf).to_numpy()
 
 
-def _write_verdicts(
-    sources: list[Source], source_rows: np.ndarray, out_dir: Path, clusters: Any, quarantined: np.ndarray,
-    text_field: str,
-) -> None:  # fmt: skip
-    for folder in ("data", "rejected"):
-        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+def _namer(sources: list[Source], source_rows: list[int]) -> Callable[[int], str]:
+    """Global row number -> `file:row`, the name a removed row's `duplicate_of` points to."""
     starts = np.concatenate([[0], np.cumsum(source_rows)])
 
     def name(row: int) -> str:
         owner = int(np.searchsorted(starts, row, side="right")) - 1
         return f"{sources[owner].path.name}:{row - starts[owner]}"
 
+    return name
+
+
+def _write_verdicts(
+    sources: list[Source], name: Callable[[int], str], out_dir: Path, clusters: Any, quarantined: np.ndarray,
+    text_field: str,
+) -> None:  # fmt: skip
+    for folder in ("data", "rejected"):
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
     offset = 0
     for number, source in enumerate(sources):
         kept_parts, rejected_parts = [], []

@@ -155,6 +155,14 @@ class StreamingIndex:
         self._keys = [np.zeros(0, np.uint64) for _ in range(self.bands)]
         self._owners = [np.zeros(0, np.int64) for _ in range(self.bands)]
 
+    @classmethod
+    def of(cls, signatures: np.ndarray, threshold: float) -> StreamingIndex:
+        """An index holding `signatures` as they are (no duplicate check); empty ones are left out."""
+        index = cls(signatures.shape[1], threshold)
+        kept = signatures[~(signatures == EMPTY).all(axis=1)]
+        index._insert(kept, band_keys(kept, index.bands, index.rows))
+        return index
+
     def __len__(self) -> int:
         return len(self.signatures)
 

@@ -11,6 +11,7 @@ import pytest
 
 from synthkiln.engine import Pipeline
 from synthkiln.engine.dedup import NearDuplicates
+from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.schema import ROW_SCHEMA
 from synthkiln.kernels.minhash import shingle_hashes
 from tests.conftest import REPO, synthkiln_command
@@ -74,6 +75,31 @@ def test_corpus_dedup_removes_planted_copies(planted, tmp_path: Path) -> None:
     for row in pq.read_table(longest / "rejected").to_pylist():
         if row["text"] in originals:
             assert int(row["duplicate_of"].split(":")[1]) >= 200  # the copies are longer, so they stay
+
+
+def test_corpus_index_is_reused_by_the_stage(planted, tmp_path: Path) -> None:
+    corpus, _ = planted
+    out = tmp_path / "indexed"
+    run("dedup", str(corpus), "--out", str(out), "--threshold", "0.7", "--quiet")
+    assert (out / "index.npz").is_file()
+    texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
+    stage = NearDuplicates(threshold=0.7, text_field="text", against=[str(out)])
+    _, rejected = stage.process(pa.RecordBatch.from_pylist([{"id": "new", "text": texts[5]}]))
+    assert rejected.column("duplicate_of").to_pylist() == ["corpus.jsonl:5"]
+    with pytest.raises(SynthkilnError, match="built with num_perm=128"):
+        NearDuplicates(num_perm=64, text_field="text", against=[str(out)])
+
+
+def test_restore_keeps_ids_aligned_past_empty_rows() -> None:
+    first = NearDuplicates(threshold=0.7)
+    kept, _ = first.process(
+        rows(["...", "alpha beta gamma delta epsilon zeta eta", "one two three four five six"], "a")
+    )
+    assert len(kept) == 3  # punctuation only: an empty signature, kept but never matched
+    restored = NearDuplicates(threshold=0.7)
+    restored.restore(pa.Table.from_batches([kept.select(["id", "minhash"])]))
+    _, rejected = restored.process(rows(["one two three four five six"], "b"))
+    assert rejected.column("duplicate_of").to_pylist() == ["a2"]
 
 
 def test_keep_by_score_column(planted, tmp_path: Path) -> None:
