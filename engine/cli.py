@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
         "--keep", default="first", help="which row of a cluster stays: first, longest, score:COLUMN"
     )
     dedup.add_argument("--backend", choices=["auto", "numba", "triton"], default="auto")
+    dedup.add_argument(
+        "--exact",
+        action="store_true",
+        help="confirm candidates by exact Jaccard on shingles (keeps shingle sets in memory)",
+    )
     dedup.add_argument("--quiet", action="store_true", help="no progress bar")
     dedup.set_defaults(handler=_dedup)
 
@@ -162,7 +167,7 @@ def _dedup(args: argparse.Namespace) -> int:
         raise SynthkilnError(f"--threshold must be between 0 and 1, got {args.threshold}")
     report = dedup_corpus(
         [Path(p) for p in args.inputs], Path(args.out), args.text_field, args.threshold, args.num_perm, args.ngram,
-        args.keep, args.backend, progress=not args.quiet,
+        args.keep, args.backend, progress=not args.quiet, exact=args.exact,
     )  # fmt: skip
     print(f"rows {report.rows}  kept {report.kept}  removed {report.removed}  quarantined {report.quarantined}  "
           f"clusters {report.clusters}")  # fmt: skip

@@ -24,7 +24,8 @@ from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.stages import Stage
 from synthkiln.engine.writer import write_parquet_atomic, write_text_atomic
 from synthkiln.kernels.lsh import StreamingIndex, cluster_duplicates
-from synthkiln.kernels.minhash import minhash_signatures
+from synthkiln.kernels.minhash import minhash_signatures, shingle_hashes
+from synthkiln.kernels.similarity import shingle_sets
 
 
 class NearDuplicates(Stage):
@@ -255,6 +256,7 @@ def dedup_corpus(
     keep: str = "first",
     backend: str = "auto",
     progress: bool = True,
+    exact: bool = False,
 ) -> DedupReport:
     """Two passes over the inputs: signatures (text then dropped), then rows written by verdict."""
     if keep not in ("first", "longest") and not keep.startswith("score:"):
@@ -262,7 +264,7 @@ def dedup_corpus(
     sources = iter_sources(inputs, text_field)
     report = DedupReport()
     started = time.perf_counter()
-    signatures, priority, bad, source_rows = [], [], [], []
+    signatures, priority, bad, source_rows, sets = [], [], [], [], []
     with tqdm(desc="signatures", unit="doc", disable=not progress) as bar:
         for source in sources:
             source_rows.append(0)
@@ -270,6 +272,8 @@ def dedup_corpus(
                 source_rows[-1] += len(batch)
                 texts = batch.column(text_field)
                 signatures.append(minhash_signatures(texts, num_perm=num_perm, ngram=ngram, backend=backend))
+                if exact:
+                    sets.append(shingle_sets(*shingle_hashes(texts, ngram=ngram)))
                 priority.append(_priority(batch, keep, source, text_field))
                 bad.append(pc.is_null(texts).to_numpy(zero_copy_only=False))
                 bar.update(len(batch))
@@ -277,7 +281,12 @@ def dedup_corpus(
     del signatures
     report.seconds["signatures"] = time.perf_counter() - started
     mark = time.perf_counter()
-    clusters = cluster_duplicates(all_signatures, threshold, np.concatenate(priority) if priority else None)
+    clusters = cluster_duplicates(
+        all_signatures,
+        threshold,
+        np.concatenate(priority) if priority else None,
+        shingles=_join(sets) if exact else None,
+    )
     quarantined = np.concatenate(bad) if bad else np.zeros(0, bool)
     report.seconds["clusters"] = time.perf_counter() - mark
     mark = time.perf_counter()
@@ -297,7 +306,7 @@ def dedup_corpus(
         "format": "synthkiln-dedup/1",
         "inputs": [str(s.path) for s in sources],
         "parameters": {"text_field": text_field, "threshold": threshold, "num_perm": num_perm, "ngram": ngram,
-                       "keep": keep, "backend": backend},
+                       "keep": keep, "backend": backend, "exact": exact},
         "rows": report.rows, "kept": report.kept, "removed": report.removed, "quarantined": report.quarantined,
         "clusters_with_duplicates": report.clusters,
         "index": INDEX,
@@ -305,6 +314,16 @@ def dedup_corpus(
     }  # fmt: skip
     write_text_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return report
+
+
+def _join(sets: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate per-batch (hashes, offsets) into one."""
+    hashes = np.concatenate([h for h, _ in sets]) if sets else np.zeros(0, np.uint32)
+    offsets, base = [np.zeros(1, np.int64)], 0
+    for h, o in sets:
+        offsets.append(o[1:] + base)
+        base += len(h)
+    return hashes, np.concatenate(offsets)
 
 
 def _priority(batch: pa.RecordBatch, keep: str, source: Source, text_field: str) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from synthkiln.kernels.minhash import EMPTY
-from synthkiln.kernels.similarity import jaccard_pairs
+from synthkiln.kernels.similarity import exact_jaccard_pairs, jaccard_pairs
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
@@ -113,14 +113,25 @@ def cluster_duplicates(
     priority: np.ndarray | None = None,
     bands: int | None = None,
     rows: int | None = None,
+    shingles: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Clusters:
-    """Near-duplicate clusters; in each, the document with the highest `priority` (ties: first) is kept."""
+    """Near-duplicate clusters; in each, the document with the highest `priority` (ties: first) is kept.
+
+    Candidates are confirmed by signature agreement, or by exact Jaccard when `shingles` (each
+    document's shingle set, from `similarity.shingle_sets`) is given; `similarity` is then exact too.
+    """
     count, num_perm = signatures.shape
     if bands is None or rows is None:
         bands, rows = optimal_bands(threshold, num_perm)
     valid = ~(signatures == EMPTY).all(axis=1)
     first, second = candidate_pairs(band_keys(signatures, bands, rows), valid)
-    confirmed = jaccard_pairs(signatures, first, second) >= threshold
+
+    def similar(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (
+            exact_jaccard_pairs(*shingles, a, b) if shingles is not None else jaccard_pairs(signatures, a, b)
+        )
+
+    confirmed = similar(first, second) >= threshold
     cluster = union_find(count, first[confirmed], second[confirmed])
     if priority is None:
         priority = np.zeros(count)
@@ -136,7 +147,7 @@ def cluster_duplicates(
     duplicate_of = np.where(keep, -1, keeper)
     similarity = np.ones(count)
     dropped = np.flatnonzero(~keep)
-    similarity[dropped] = jaccard_pairs(signatures, dropped, keeper[dropped])
+    similarity[dropped] = similar(dropped, keeper[dropped])
     return Clusters(cluster, keep, duplicate_of, similarity)
 
 

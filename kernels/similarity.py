@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
 
 from synthkiln.kernels.minhash import EMPTY
 
@@ -35,3 +36,60 @@ def jaccard_one_vs_many(signature: np.ndarray, many: np.ndarray) -> np.ndarray:
 
 def _empty(signatures: np.ndarray) -> np.ndarray:
     return (signatures == EMPTY).all(axis=1)
+
+
+def exact_jaccard_pairs(
+    hashes: np.ndarray, offsets: np.ndarray, first: np.ndarray, second: np.ndarray
+) -> np.ndarray:
+    """Exact Jaccard of shingle sets for index pairs; `hashes`/`offsets` as `shingle_sets` returns them."""
+    out = np.empty(len(first), dtype=np.float64)
+    _exact_pairs(hashes, offsets, first.astype(np.int64), second.astype(np.int64), out)
+    return out
+
+
+def shingle_sets(hashes: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each document's shingle hashes sorted and deduplicated (sets, for exact Jaccard)."""
+    counts = np.empty(len(offsets) - 1, dtype=np.int64)
+    work = hashes.copy()
+    _sort_unique(work, offsets, counts)
+    new_offsets = np.zeros(len(offsets), dtype=np.int64)
+    np.cumsum(counts, out=new_offsets[1:])
+    keep = np.zeros(len(work), dtype=bool)
+    for_doc = np.repeat(offsets[:-1], counts) + (
+        np.arange(new_offsets[-1]) - np.repeat(new_offsets[:-1], counts)
+    )
+    keep[for_doc] = True
+    return work[keep], new_offsets
+
+
+@njit(parallel=True, cache=True)
+def _sort_unique(hashes, offsets, counts):
+    for d in prange(offsets.size - 1):
+        segment = hashes[offsets[d] : offsets[d + 1]]
+        segment.sort()
+        unique = 0
+        for i in range(segment.size):
+            if i == 0 or segment[i] != segment[unique - 1]:
+                segment[unique] = segment[i]
+                unique += 1
+        counts[d] = unique
+
+
+@njit(parallel=True, cache=True)
+def _exact_pairs(hashes, offsets, first, second, out):
+    for p in prange(first.size):
+        i, i_end = offsets[first[p]], offsets[first[p] + 1]
+        j, j_end = offsets[second[p]], offsets[second[p] + 1]
+        size = (i_end - i) + (j_end - j)
+        shared = 0
+        while i < i_end and j < j_end:
+            if hashes[i] == hashes[j]:
+                shared += 1
+                i += 1
+                j += 1
+            elif hashes[i] < hashes[j]:
+                i += 1
+            else:
+                j += 1
+        union = size - shared
+        out[p] = shared / union if union > 0 else 0.0

@@ -69,6 +69,12 @@ def test_corpus_dedup_removes_planted_copies(planted, tmp_path: Path) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["rows"] == 250 and manifest["removed"] == len(removed)
 
+    exact = tmp_path / "exact"
+    run("dedup", str(corpus), "--out", str(exact), "--threshold", "0.7", "--exact", "--quiet")
+    for row in pq.read_table(exact / "rejected").to_pylist():
+        kept_text = texts[int(row["duplicate_of"].split(":")[1])]
+        assert row["similarity"] == pytest.approx(exact_jaccard(row["text"], kept_text), abs=1e-6)
+
     longest = tmp_path / "longest"
     run("dedup", str(corpus), "--out", str(longest), "--threshold", "0.7", "--keep", "longest", "--quiet")
     originals = {texts[o] for o in copies.values()}

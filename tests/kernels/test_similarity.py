@@ -3,8 +3,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from synthkiln.kernels.minhash import minhash_signatures
-from synthkiln.kernels.similarity import jaccard_from_signatures, jaccard_one_vs_many, jaccard_pairs
+from synthkiln.kernels.lsh import cluster_duplicates
+from synthkiln.kernels.minhash import minhash_signatures, shingle_hashes
+from synthkiln.kernels.similarity import (
+    exact_jaccard_pairs,
+    jaccard_from_signatures,
+    jaccard_one_vs_many,
+    jaccard_pairs,
+    shingle_sets,
+)
 
 TEXTS = [
     "the quick brown fox jumps over the lazy dog near the river bank today",
@@ -28,3 +35,26 @@ def test_shape_mismatch_is_refused() -> None:
     signatures = minhash_signatures(TEXTS)
     with pytest.raises(ValueError, match="differ in shape"):
         jaccard_from_signatures(signatures[:2], signatures[:3])
+
+
+def test_exact_jaccard_from_shingle_sets() -> None:
+    texts = ["a b c d e f g", "a b c d e f g h", "x y z", "a b a b a b a b"]
+    hashes, offsets = shingle_sets(*shingle_hashes(texts, ngram=2))
+    sets = [set(hashes[offsets[i] : offsets[i + 1]].tolist()) for i in range(4)]
+    assert [len(s) for s in sets] == [6, 7, 2, 2]  # "a b a b..." has two distinct 2-grams
+    assert all(list(hashes[offsets[i] : offsets[i + 1]]) == sorted(sets[i]) for i in range(4))
+    exact = exact_jaccard_pairs(hashes, offsets, np.array([0, 0, 3]), np.array([1, 2, 3]))
+    assert exact.tolist() == [6 / 7, 0.0, 1.0]
+
+
+def test_clusters_confirmed_exactly_report_exact_similarity() -> None:
+    texts = [
+        " ".join(f"w{i}" for i in range(40)),
+        " ".join(f"w{i}" for i in range(41)),
+        "other words entirely here",
+    ]
+    signatures = minhash_signatures(texts)
+    sets = shingle_sets(*shingle_hashes(texts))
+    clusters = cluster_duplicates(signatures, 0.8, shingles=sets)
+    assert clusters.keep.tolist() == [True, False, True]
+    assert clusters.similarity[1] == 36 / 37
