@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from synthkiln.kernels.minhash import POWERS
 from synthkiln.kernels.text import TextBuffers
 
 
@@ -51,7 +52,7 @@ def _finish(s):
 
 @triton.jit
 def _minhash_kernel(
-    data_ptr, offsets_ptr, nulls_ptr, table_ptr, tokens_ptr, a_ptr, b_ptr, out_ptr,
+    data_ptr, offsets_ptr, nulls_ptr, table_ptr, powers_ptr, tokens_ptr, a_ptr, b_ptr, out_ptr,
     ngram, num_perm, CHARS: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     doc = tl.program_id(0)
@@ -59,11 +60,9 @@ def _minhash_kernel(
     end = tl.load(offsets_ptr + doc + 1)
     end = tl.where(tl.load(nulls_ptr + doc) != 0, start, end)
     tokens = tokens_ptr + start + 2 * doc  # room for end - start + 2 token hashes
-    fnv_offset = tl.full((), 0xCBF29CE484222325, tl.uint64)
-    fnv_prime = tl.full((), 0x100000001B3, tl.uint64)
-    space_hash = _fmix64(((fnv_offset ^ 0x20) * fnv_prime) ^ 1)
+    space_hash = _fmix64(tl.full((), 0x20 ^ 1, tl.uint64))
 
-    h = fnv_offset
+    h = tl.full((), 0, tl.uint64)
     length = tl.full((), 0, tl.uint64)
     count = tl.full((), 0, tl.int64)
     pending_space = count != 0
@@ -81,13 +80,14 @@ def _minhash_kernel(
             count += space.to(tl.int64)
             pending_space = separator & (count > 0)
             restart = finish | (length == 0)
-            h = tl.where(separator, fnv_offset, (tl.where(restart, fnv_offset, h) ^ mapped) * fnv_prime)
-            length = tl.where(separator, 0, tl.where(restart, 1, length + 1)).to(tl.uint64)
+            h = tl.where(restart, 0, h).to(tl.uint64)
+            length = tl.where(restart, 0, length).to(tl.uint64)
         else:
             tl.store(tokens + count, _fmix64(h ^ length).to(tl.int64, bitcast=True))
             count += (separator & (length > 0)).to(tl.int64)
-            h = tl.where(separator, fnv_offset, (h ^ mapped) * fnv_prime)
-            length = tl.where(separator, 0, length + 1).to(tl.uint64)
+        power = tl.load(powers_ptr + (length & 255).to(tl.int32)).to(tl.uint64, bitcast=True)
+        h = tl.where(separator, 0, h + mapped * power).to(tl.uint64)
+        length = tl.where(separator, 0, length + 1).to(tl.uint64)
     tl.store(tokens + count, _fmix64(h ^ length).to(tl.int64, bitcast=True))
     count += (length > 0).to(tl.int64)
 
@@ -127,7 +127,7 @@ def signatures_triton(
         scratch = torch.empty(max(len(buffers.data), 1) + 2 * documents, dtype=torch.int64, device=device)
         _minhash_kernel[(documents,)](
             data, tensor(buffers.offsets, np.int64), tensor(buffers.nulls.astype(np.int8), np.int8),
-            tensor(table, np.int8), scratch, tensor(a, np.int32), tensor(b, np.int32), out,
+            tensor(table, np.int8), tensor(POWERS, np.int64), scratch, tensor(a, np.int32), tensor(b, np.int32), out,
             ngram, num_perm, CHARS=chars, BLOCK=triton.next_power_of_2(num_perm),
         )  # fmt: skip
     return out.cpu().numpy().view(np.uint32)
