@@ -114,23 +114,34 @@ class NearDuplicates(Stage):
 INDEX = "index.npz"
 
 
-def save_index(path: Path, signatures: np.ndarray, names: list[str], num_perm: int, ngram: int) -> None:
-    """Signatures of kept documents and their names, reusable as `dedup.against` without re-hashing."""
+def save_index(
+    path: Path, signatures: np.ndarray, files: list[str], rows: np.ndarray, num_perm: int, ngram: int
+) -> None:
+    """Signatures of kept documents and where they came from (`files[rows[i, 0]]`, row `rows[i, 1]`),
+    reusable as `dedup.against` without re-hashing the corpus."""
     temporary = path.with_name(f".{path.name}.tmp.npz")
     np.savez(
-        temporary, signatures=signatures, names=np.array(names, dtype=str), num_perm=num_perm, ngram=ngram
+        temporary,
+        signatures=signatures,
+        files=np.array(files, dtype=str),
+        rows=rows,
+        num_perm=num_perm,
+        ngram=ngram,
     )
     temporary.replace(path)
 
 
 def load_index(path: Path, num_perm: int, ngram: int) -> tuple[np.ndarray, list[str]]:
+    """The signatures and `file:row` names of a saved index; refuses one built with other parameters."""
     with np.load(path, allow_pickle=False) as stored:
         if int(stored["num_perm"]) != num_perm or int(stored["ngram"]) != ngram:
             raise SynthkilnError(
                 f"{path}: built with num_perm={int(stored['num_perm'])}, ngram={int(stored['ngram'])}; "
                 f"this run uses num_perm={num_perm}, ngram={ngram}"
             )
-        return stored["signatures"], stored["names"].tolist()
+        files = stored["files"].tolist()
+        names = [f"{files[f]}:{r}" for f, r in stored["rows"].tolist()]
+        return stored["signatures"], names
 
 
 def _empty(signatures: np.ndarray) -> np.ndarray:
@@ -298,8 +309,15 @@ def dedup_corpus(
     name = _namer(sources, source_rows)
     _write_verdicts(sources, name, out_dir, clusters, quarantined, text_field)
     kept_rows = np.flatnonzero(clusters.keep & ~quarantined)
+    starts = np.concatenate([[0], np.cumsum(source_rows)])
+    owners = np.searchsorted(starts, kept_rows, side="right") - 1
     save_index(
-        out_dir / INDEX, all_signatures[kept_rows], [name(r) for r in kept_rows.tolist()], num_perm, ngram
+        out_dir / INDEX,
+        all_signatures[kept_rows],
+        [s.path.name for s in sources],
+        np.stack([owners, kept_rows - starts[owners]], axis=1),
+        num_perm,
+        ngram,
     )
     report.seconds["write"] = time.perf_counter() - mark
     manifest = {
