@@ -56,7 +56,6 @@ class StepResult:
 
     kept: pa.RecordBatch
     rejected: pa.RecordBatch
-    prompts: int
     generation_seconds: float
     device_seconds: float
 
@@ -177,7 +176,7 @@ class Pipeline:
         ]
         window = _Window(rendered, finished=0)
         generated = self._generate(window, samples_per_prompt)
-        step = self._curate(generated, samples_per_prompt)
+        step = self._curate(generated)
         return pa.Table.from_batches([step.kept], self.schema)
 
     # -- the flow ------------------------------------------------------------------------------
@@ -196,7 +195,7 @@ class Pipeline:
                 generated = self._generate(window, n)
                 if bar is not None:
                     bar.update(len(window.prompts))
-                in_flight.append(curator.submit(self._curate, generated, n))
+                in_flight.append(curator.submit(self._curate, generated))
                 while len(in_flight) > _IN_FLIGHT or (in_flight and in_flight[0].done()):
                     yield in_flight.popleft().result()
             while in_flight:
@@ -264,7 +263,7 @@ class Pipeline:
                 return index
         return len(weights) - 1
 
-    def _curate(self, generated: _Generated, n: int) -> StepResult:
+    def _curate(self, generated: _Generated) -> StepResult:
         window = generated.window
         rows, unparsed = [], []
         for prompt, (teacher, samples) in zip(window.prompts, generated.completions, strict=True):
@@ -285,9 +284,7 @@ class Pipeline:
             pa.Table.from_batches([conform(b, full) for b in rejected], full).combine_chunks().to_batches()
         )
         rejected_batch = rejected_rows[0] if rejected_rows else pa.RecordBatch.from_pylist([], full)
-        return StepResult(
-            kept, rejected_batch, len(window.prompts), generated.generation_seconds, generated.device_seconds
-        )
+        return StepResult(kept, rejected_batch, generated.generation_seconds, generated.device_seconds)
 
     def _row(
         self, prompt: Prompt, teacher: Teacher, index: int, completion: Completion
