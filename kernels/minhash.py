@@ -90,7 +90,10 @@ def signatures_numba(
 ) -> np.ndarray:
     out = np.empty((len(buffers), len(a)), dtype=np.uint32)
     if len(buffers):
-        _kernel_for(len(a))(buffers.data, buffers.offsets, buffers.nulls, table, ngram, chars, a, b, out)
+        chunks = min(len(buffers), 64 * numba.get_num_threads())  # many more chunks than threads: balance
+        _kernel_for(len(a))(
+            buffers.data, buffers.offsets, buffers.nulls, table, ngram, chars, a, b, out, chunks
+        )
     return out
 
 
@@ -310,20 +313,27 @@ def _make_kernel(num_perm: int):
     """The signature kernel with `num_perm` fixed at compile time, so the permutation loop unrolls."""
 
     @njit(parallel=True, cache=True)
-    def kernel(data, offsets, nulls, table, ngram, chars, a, b, out):
-        for d in prange(offsets.size - 1):
-            start, end = offsets[d], offsets[d + 1]
-            mins = np.full(num_perm, EMPTY, dtype=np.uint32)
-            if not nulls[d]:
-                tokens = np.empty(end - start + 2, dtype=np.uint64)
-                count = _tokenize(data, start, end, table, chars, tokens)
-                if count > 0:
-                    # Two tight loops (hash all shingles, then permute them in blocks) ran faster than
-                    # one fused loop here.
-                    h = np.empty(count, dtype=np.uint32)
-                    shingles = _shingle_hashes(tokens, count, min(ngram, count), h)
-                    _permute_into(mins, a, b, num_perm, h, 0, shingles)
-            out[d, :] = mins
+    def kernel(data, offsets, nulls, table, ngram, chars, a, b, out, chunks):
+        documents = offsets.size - 1
+        for chunk in prange(chunks):
+            # Scratch sized for the chunk's longest document, allocated once per chunk, not per document.
+            first, last = chunk * documents // chunks, (chunk + 1) * documents // chunks
+            longest = 0
+            for d in range(first, last):
+                longest = max(longest, offsets[d + 1] - offsets[d])
+            tokens = np.empty(longest + 2, dtype=np.uint64)
+            h = np.empty(longest + 2, dtype=np.uint32)
+            mins = np.empty(num_perm, dtype=np.uint32)
+            for d in range(first, last):
+                mins[:] = EMPTY
+                if not nulls[d]:
+                    count = _tokenize(data, offsets[d], offsets[d + 1], table, chars, tokens)
+                    if count > 0:
+                        # Two tight loops (hash all shingles, then permute them in blocks) ran faster
+                        # than one fused loop here.
+                        shingles = _shingle_hashes(tokens, count, min(ngram, count), h)
+                        _permute_into(mins, a, b, num_perm, h, 0, shingles)
+                out[d, :] = mins
 
     return kernel
 
