@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +22,7 @@ from tqdm.auto import tqdm
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.stages import Stage
 from synthkiln.engine.writer import write_parquet_atomic, write_text_atomic
-from synthkiln.kernels.lsh import StreamingIndex, cluster_duplicates
+from synthkiln.kernels.lsh import Clusters, StreamingIndex, cluster_duplicates
 from synthkiln.kernels.minhash import minhash_signatures, shingle_hashes
 from synthkiln.kernels.similarity import shingle_sets
 
@@ -368,7 +367,7 @@ def _namer(sources: list[Source], source_rows: list[int]) -> Callable[[int], str
 
 
 def _write_verdicts(
-    sources: list[Source], name: Callable[[int], str], out_dir: Path, clusters: Any, quarantined: np.ndarray,
+    sources: list[Source], name: Callable[[int], str], out_dir: Path, clusters: Clusters, quarantined: np.ndarray,
     text_field: str,
 ) -> None:  # fmt: skip
     for folder in ("data", "rejected"):
