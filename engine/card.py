@@ -24,7 +24,10 @@ def render_card(manifest: dict[str, Any]) -> str:
             "recipe_hash": manifest["recipe_hash"],
             "teachers": [f"{t['name']} ({t['backend']}: {t['model']})" for t in teachers],
             "verifiers": manifest.get("verifiers", []),
-            "decontaminated_against": manifest.get("decontaminated_against", []),
+            "decontaminated_against": [
+                {"name": b["name"], "source": b["source"], "sha256": b["sha256"]}
+                for b in manifest.get("decontaminated_against", [])
+            ],
         },
     }
     lines = [
@@ -68,7 +71,7 @@ def render_card(manifest: dict[str, Any]) -> str:
         _listing("Verified with", manifest.get("verifiers", []), "no verifier beyond the cheap filters"),
         _listing(
             "Decontaminated against",
-            manifest.get("decontaminated_against", []),
+            [_benchmark(b) for b in manifest.get("decontaminated_against", [])],
             "no benchmark: do not assume this data is free of evaluation items",
         ),
         "",
@@ -86,6 +89,15 @@ def _listing(label: str, items: list[Any], empty: str) -> str:
     if not items:
         return f"{label}: {empty}."
     return f"{label}: " + ", ".join(str(i) for i in items) + "."
+
+
+def _benchmark(benchmark: dict[str, Any]) -> str:
+    return (
+        f"**{benchmark['name']}** (`{benchmark['source']}`, sha256 `{benchmark['sha256'][:16]}`, "
+        f"{benchmark['indexed']} items checked by {' and '.join(benchmark['methods'])}"
+        + (f", {benchmark['too_short']} too short to check" if benchmark["too_short"] else "")
+        + ")"
+    )
 
 
 def _size_category(rows: int) -> str:

@@ -65,6 +65,48 @@ def _parser() -> argparse.ArgumentParser:
     dedup.add_argument("--quiet", action="store_true", help="no progress bar")
     dedup.set_defaults(handler=_dedup)
 
+    decontaminate = commands.add_parser(
+        "decontaminate",
+        help="remove rows containing benchmark items from JSONL/Parquet files or dataset dirs",
+    )
+    decontaminate.add_argument("inputs", nargs="+", help="files (.jsonl, .jsonl.gz, .parquet) or directories")
+    decontaminate.add_argument(
+        "--out", required=True, help="output directory: data/, rejected/, manifest.json"
+    )
+    decontaminate.add_argument("--text-field", default="text", help="column holding the text (default: text)")
+    decontaminate.add_argument(
+        "--benchmark",
+        action=_BenchmarkAction,
+        dest="benchmarks",
+        required=True,
+        metavar="NAME[=PATH]",
+        help="benchmark to check against (repeatable): a local file, or a built-in name alone to load it "
+        f"from Hugging Face ({', '.join(_builtin_benchmarks())})",
+    )
+    decontaminate.add_argument(
+        "--benchmark-fields",
+        action=_BenchmarkFieldsAction,
+        dest="benchmarks",
+        metavar="F1,F2",
+        help="text fields to protect in the --benchmark before it (default: built-in, else every string field)",
+    )
+    decontaminate.add_argument("--ngram", type=int, default=13, help="words per n-gram (default 13)")
+    decontaminate.add_argument(
+        "--min-coverage", type=float, help="require this fraction of an item's n-grams (default: any n-gram)"
+    )
+    decontaminate.add_argument(
+        "--max-item-frequency", type=int, default=10, help="ignore n-grams shared by more items (default 10)"
+    )
+    decontaminate.add_argument(
+        "--no-fuzzy", action="store_true", help="exact n-grams only (no MinHash containment)"
+    )
+    decontaminate.add_argument(
+        "--fuzzy-threshold", type=float, default=0.5, help="containment that counts as a match (default 0.5)"
+    )
+    decontaminate.add_argument("--unicode", action="store_true", help="NFKC + Unicode lowercase first")
+    decontaminate.add_argument("--quiet", action="store_true", help="no progress bar")
+    decontaminate.set_defaults(handler=_decontaminate)
+
     models = commands.add_parser("models", help="manage embedded models")
     model_commands = models.add_subparsers(dest="models_command", required=True)
     prepare = model_commands.add_parser("prepare", help="convert an embedded model to safetensors (cached)")
@@ -171,6 +213,67 @@ def _dedup(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(f"rows {report.rows}  kept {report.kept}  removed {report.removed}  quarantined {report.quarantined}  "
           f"clusters {report.clusters}")  # fmt: skip
+    print(f"dataset: {args.out}")
+    return 0
+
+
+class _BenchmarkAction(argparse.Action):
+    """`--benchmark NAME=PATH` or `--benchmark NAME` (built-in, from Hugging Face) -> a dict per benchmark."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, option: Any = None
+    ) -> None:
+        name, sep, path = str(value).partition("=")
+        if not name or (sep and not path):
+            parser.error(f"--benchmark {value!r}: expected NAME=PATH or a built-in NAME")
+        benchmark: dict[str, Any] = {"name": name}
+        if path:
+            benchmark["path"] = path
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), benchmark])
+
+
+class _BenchmarkFieldsAction(argparse.Action):
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, option: Any = None
+    ) -> None:
+        benchmarks = getattr(namespace, self.dest) or []
+        if not benchmarks:
+            parser.error("--benchmark-fields applies to the --benchmark before it; give --benchmark first")
+        benchmarks[-1]["fields"] = [f.strip() for f in str(value).split(",") if f.strip()]
+
+
+def _builtin_benchmarks() -> list[str]:
+    from synthkiln.engine.decontam import BUILTIN
+
+    return sorted(BUILTIN)
+
+
+def _decontaminate(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from synthkiln.engine.config import DecontaminateConfig
+    from synthkiln.engine.decontam import decontaminate_corpus
+
+    try:
+        config = DecontaminateConfig(
+            benchmarks=args.benchmarks, ngram=args.ngram, min_coverage=args.min_coverage,
+            max_item_frequency=args.max_item_frequency, fuzzy=not args.no_fuzzy,
+            fuzzy_threshold=args.fuzzy_threshold, unicode=args.unicode,
+        )  # fmt: skip
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+        )
+        raise SynthkilnError(problems) from None
+    report = decontaminate_corpus(
+        [Path(p) for p in args.inputs], Path(args.out), config, args.text_field, progress=not args.quiet
+    )
+    print(
+        f"rows {report.rows}  kept {report.kept}  removed {report.removed}  quarantined {report.quarantined}"
+    )
+    for benchmark in report.benchmarks:
+        print(f"  {benchmark['name']}: {benchmark['indexed']} items checked, {benchmark['items_hit']} hit, "
+              f"{benchmark['rows_removed']} rows removed")  # fmt: skip
     print(f"dataset: {args.out}")
     return 0
 

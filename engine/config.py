@@ -227,6 +227,52 @@ class DedupConfig(_Strict):
     )
 
 
+class BenchmarkConfig(_Strict):
+    """An evaluation set to keep out of the data: a local file, or a Hugging Face dataset when online."""
+
+    name: str = Field(description="Benchmark name; a built-in one (gsm8k, humaneval, ...) brings its fields.")
+    path: str | None = Field(
+        None, description="Local JSONL, JSONL.gz or Parquet file; unset: the built-in Hugging Face source."
+    )
+    fields: list[str] | None = Field(
+        None, description="Text fields to protect; default: the built-in mapping, else every string field."
+    )
+    id_field: str | None = Field(
+        None, description="Field naming each item; default: built-in, else row number."
+    )
+    hf_dataset: str | None = Field(None, description="Hugging Face dataset name (when `path` is unset).")
+    hf_config: str | None = Field(None, description="Configuration of the Hugging Face dataset.")
+    split: str | None = Field(None, description="Split of the Hugging Face dataset.")
+
+
+class DecontaminateConfig(_Strict):
+    """Reject rows (and seed prompts) that contain benchmark items: exact n-grams + MinHash containment."""
+
+    benchmarks: list[BenchmarkConfig] = Field(
+        default_factory=list, description="Benchmarks to decontaminate against; none: the stage is off."
+    )
+    text_field: str = Field("response", description="Text column checked in generated rows.")
+    seeds: bool = Field(True, description="Also check rendered prompts before generation.")
+    ngram: int = Field(13, ge=4, le=50, description="Words per n-gram of the exact method (8-13 usual).")
+    max_item_frequency: int = Field(
+        10, ge=1, description="Ignore n-grams found in more benchmark items than this (too common)."
+    )
+    min_coverage: float | None = Field(
+        None, gt=0, le=1,
+        description="Exact method: require this fraction of an item's n-grams (unset: any n-gram matches).",
+    )  # fmt: skip
+    min_item_words: int = Field(
+        5, ge=1, description="Items with fewer words are too short to check (counted, not indexed)."
+    )
+    fuzzy: bool = Field(True, description="Also run MinHash containment (catches edits that break n-grams).")
+    fuzzy_ngram: int = Field(4, ge=1, le=12, description="Words per shingle of the fuzzy method.")
+    sketch_size: int = Field(32, ge=4, le=64, description="Bottom-k MinHash sketch size per item.")
+    fuzzy_threshold: float = Field(
+        0.5, gt=0, le=1, description="Fraction of an item's sketch found within one window of the text."
+    )
+    unicode: bool = Field(False, description="NFKC + Unicode lowercase before comparing (slower).")
+
+
 class OutputConfig(_Strict):
     """Where and how the dataset directory is written."""
 
@@ -251,6 +297,7 @@ class Recipe(_Strict):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -284,6 +331,10 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     data = _read_mapping(path)
     for keys in _RELATIVE_TO_RECIPE:
         _resolve_path(data, keys, path.parent)
+    benchmarks = (data.get("decontaminate") or {}).get("benchmarks")
+    for benchmark in benchmarks if isinstance(benchmarks, list) else []:
+        if isinstance(benchmark, dict) and isinstance(benchmark.get("path"), str):
+            benchmark["path"] = _relative_to(path.parent, benchmark["path"])
     overridden: set[tuple[str | int, ...]] = set()
     for override in overrides:
         overridden.add(apply_override(data, override))

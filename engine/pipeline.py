@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from synthkiln.engine.config import Recipe, load_recipe, recipe_from_dict
 from synthkiln.engine.schema import ROW_SCHEMA, conform, rejected_schema, with_fields
 from synthkiln.engine.seeds import SeedRow, count_seeds, describe_seeds, read_seeds
-from synthkiln.engine.stages import Stage, default_stages
+from synthkiln.engine.stages import Stage, default_prompt_stages, default_stages
 from synthkiln.engine.tasks import Prompt, ResponseParseError, SeedRowError, Task, build_task
 from synthkiln.engine.teachers import Completion, GenerationRequest, Teacher, build_teacher, sample_seed
 from synthkiln.engine.writer import SEEDS_STAGE, DatasetWriter
@@ -67,12 +67,19 @@ class Pipeline:
     """
 
     def __init__(
-        self, recipe: Recipe, stages: list[Stage] | None = None, teachers: list[Teacher] | None = None
+        self,
+        recipe: Recipe,
+        stages: list[Stage] | None = None,
+        teachers: list[Teacher] | None = None,
+        prompt_stages: list[Stage] | None = None,
     ):
         self.recipe = recipe
         self.task: Task = build_task(recipe.task)
         self.stages = stages if stages is not None else default_stages(recipe)
-        self.schema = with_fields(ROW_SCHEMA, [field for stage in self.stages for field in stage.fields])
+        # Run on rendered prompts (a `prompt` column) before generation; what they reject is never sent.
+        self.prompt_stages = prompt_stages if prompt_stages is not None else default_prompt_stages(recipe)
+        every = self.prompt_stages + self.stages
+        self.schema = with_fields(ROW_SCHEMA, [field for stage in every for field in stage.fields])
         self._teachers = teachers
         self._owns_teachers = teachers is None  # teachers passed in are the caller's to close
 
@@ -224,10 +231,37 @@ class Pipeline:
                 else:
                     window.prompts.append(prompt)
                 if window.finished + len(window.prompts) == size:
-                    yield window
+                    yield self._screen(window)
                     window = _Window([], 0)
         if window.prompts or window.finished or window.quarantined:
-            yield window
+            yield self._screen(window)
+
+    def _screen(self, window: _Window) -> _Window:
+        """Run the prompt stages over the window's prompts; rejected prompts become quarantined rows."""
+        if not (self.prompt_stages and window.prompts):
+            return window
+        rows = [
+            {
+                "id": hashlib.sha256(f"prompt\0{p.prompt_id}".encode()).hexdigest()[:16],
+                "prompt_id": p.prompt_id,
+                "task": p.task,
+                "domain": p.domain,
+                "template_hash": p.template_hash,
+                "seed_source": p.seed_source,
+                "seed_row": p.seed_row,
+                "source": "synthetic",
+                "prompt": "\n\n".join(m["content"] for m in p.messages),
+            }
+            for p in window.prompts
+        ]
+        batch = pa.RecordBatch.from_pylist(rows)
+        for stage in self.prompt_stages:
+            batch, rejected = stage.process(batch)
+            for row in rejected.drop_columns(["prompt"]).to_pylist():
+                window.quarantined.append({**row, "stage": SEEDS_STAGE})  # no sample was generated
+        survivors = set(batch.column("prompt_id").to_pylist())
+        window.prompts = [p for p in window.prompts if p.prompt_id in survivors]
+        return window
 
     def _generate(self, window: _Window, n: int) -> _Generated:
         teachers = self.teachers
@@ -274,7 +308,7 @@ class Pipeline:
                 else:
                     unparsed.append({**row, "stage": "parse", "reason": "unparseable", "detail": problem})
         kept = pa.RecordBatch.from_pylist(rows, ROW_SCHEMA)
-        rejected = [pa.RecordBatch.from_pylist(window.quarantined + unparsed, rejected_schema(ROW_SCHEMA))]
+        rejected = [pa.RecordBatch.from_pylist(window.quarantined + unparsed, rejected_schema(self.schema))]
         for stage in self.stages:
             kept, dropped = stage.process(kept)
             rejected.append(dropped)
@@ -345,6 +379,9 @@ class Pipeline:
             "seeds": describe_seeds(self.recipe.seeds),
             "stages": [s.name for s in self.stages],
             "verifiers": sorted({s.verifier for s in self.stages if s.verifier}),
+            "decontaminated_against": list(
+                {b["name"]: b for s in self.prompt_stages + self.stages for b in s.benchmarks}.values()
+            ),
             "versions": _versions(),
         }
 

@@ -33,6 +33,7 @@ class Stage(ABC):
     verifier: str | None = None  # set by stages that prove rows right (listed on the dataset card)
     fields: tuple[pa.Field, ...] = ()  # columns this stage adds to the rows it keeps or rejects
     restore_columns: tuple[str, ...] = ()  # committed columns a stateful stage rebuilds itself from
+    benchmarks: tuple[dict, ...] = ()  # benchmarks this stage keeps out (listed on the dataset card)
 
     def restore(self, committed: pa.Table) -> None:
         """Rebuild state from rows an earlier run committed (called before a resumed run starts)."""
@@ -200,6 +201,11 @@ def default_stages(recipe: Recipe) -> list[Stage]:
         stages.append(Refusal())
     if recipe.task.kind == "reasoning" and recipe.task.answer_field:
         stages.append(ReferenceAnswer())
+    if recipe.decontaminate.benchmarks:
+        from synthkiln.engine.decontam import ContaminationIndex, Decontaminate
+
+        index = ContaminationIndex.for_config(recipe.decontaminate)
+        stages.append(Decontaminate(index, recipe.decontaminate.text_field))
     if recipe.generation.keep == "first":
         stages.append(FirstPerPrompt())
     if recipe.dedup.enabled:  # last: its index must hold exactly the accepted rows
@@ -209,6 +215,17 @@ def default_stages(recipe: Recipe) -> list[Stage]:
         stages.append(NearDuplicates(dedup.threshold, dedup.num_perm, dedup.ngram, dedup.text_field, dedup.backend,
                                      dedup.against))  # fmt: skip
     return stages
+
+
+def default_prompt_stages(recipe: Recipe) -> list[Stage]:
+    """Stages run on rendered prompts (column `prompt`) before generation: the teacher never sees a
+    benchmark item."""
+    config = recipe.decontaminate
+    if not (config.benchmarks and config.seeds):
+        return []
+    from synthkiln.engine.decontam import ContaminationIndex, Decontaminate
+
+    return [Decontaminate(ContaminationIndex.for_config(config), text_field="prompt")]
 
 
 def _replace(batch: pa.RecordBatch, name: str, values: pa.Array) -> pa.RecordBatch:

@@ -72,7 +72,7 @@ def minhash_signatures(
     if num_perm < 1 or ngram < 1:
         raise ValueError(f"num_perm and ngram must be positive, got {num_perm} and {ngram}")
     normalization = normalization or Normalization()
-    buffers = as_text_buffers(texts, unicode=normalization.unicode)
+    buffers = as_text_buffers(texts, normalization)
     a, b = permutations(num_perm, seed)
     table = normalization.byte_table()
     chars = tokens == "chars"
@@ -105,7 +105,7 @@ def shingle_hashes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The 32-bit shingle hashes of each document (flat) and their int64 offsets: exact Jaccard, benchmarks."""
     normalization = normalization or Normalization()
-    buffers = as_text_buffers(texts, unicode=normalization.unicode)
+    buffers = as_text_buffers(texts, normalization)
     counts = np.zeros(len(buffers), np.int64)
     hashes = np.empty(len(buffers.data) + 2 * len(buffers), np.uint32)
     _shingles_kernel(
@@ -158,7 +158,7 @@ def _pick(backend: Backend) -> str:
 
 
 @njit(inline="always", cache=True)
-def _fmix64(h: np.uint64) -> np.uint64:
+def fmix64(h: np.uint64) -> np.uint64:
     h ^= h >> np.uint64(33)
     h *= MIX64_1
     h ^= h >> np.uint64(33)
@@ -179,11 +179,11 @@ def _fmix32(h: np.uint32) -> np.uint32:
 
 @njit(inline="always", cache=True)
 def _token_hash(h: np.uint64, length: np.uint64) -> np.uint64:
-    return _fmix64(h ^ length)
+    return fmix64(h ^ length)
 
 
 @njit(inline="always", cache=True)
-def _tokenize(data, start, end, table, chars, out) -> np.int64:
+def tokenize(data, start, end, table, chars, out) -> np.int64:
     """Write the document's token hashes into `out` (room for end - start + 2); return how many."""
     if chars:
         return _tokenize_chars(data, start, end, table, out)
@@ -211,7 +211,7 @@ def _tokenize_words(data, start, end, table, out) -> np.int64:
         out[count] = h ^ length
         count += 1
     for i in range(count):
-        out[i] = _fmix64(out[i])
+        out[i] = fmix64(out[i])
     return count
 
 
@@ -251,7 +251,7 @@ def _tokenize_chars(data, start, end, table, out) -> np.int64:
 
 
 @njit(inline="always", cache=True)
-def _rotl(x: np.uint64, bits: np.uint64) -> np.uint64:
+def rotl(x: np.uint64, bits: np.uint64) -> np.uint64:
     bits &= np.uint64(63)
     return (x << bits) | (x >> ((np.uint64(64) - bits) & np.uint64(63)))
 
@@ -270,11 +270,11 @@ def _shingle_hashes(tokens, count, span, out) -> np.int64:
     """
     s = np.uint64(0)
     for k in range(span):
-        s = _rotl(s, ROLL) ^ tokens[k]
+        s = rotl(s, ROLL) ^ tokens[k]
     out[0] = _finish(s)
     leaving = np.uint64(span) * ROLL
     for i in range(1, count - span + 1):
-        s = _rotl(s, ROLL) ^ _rotl(tokens[i - 1], leaving) ^ tokens[i + span - 1]
+        s = rotl(s, ROLL) ^ rotl(tokens[i - 1], leaving) ^ tokens[i + span - 1]
         out[i] = _finish(s)
     return count - span + 1
 
@@ -327,7 +327,7 @@ def _make_kernel(num_perm: int):
             for d in range(first, last):
                 mins[:] = EMPTY
                 if not nulls[d]:
-                    count = _tokenize(data, offsets[d], offsets[d + 1], table, chars, tokens)
+                    count = tokenize(data, offsets[d], offsets[d + 1], table, chars, tokens)
                     if count > 0:
                         # Two tight loops (hash all shingles, then permute them in blocks) ran faster
                         # than one fused loop here.
@@ -356,7 +356,7 @@ def _shingles_kernel(data, offsets, nulls, table, ngram, chars, hashes, counts):
             counts[d] = 0
             continue
         tokens = np.empty(end - start + 2, dtype=np.uint64)
-        count = _tokenize(data, start, end, table, chars, tokens)
+        count = tokenize(data, start, end, table, chars, tokens)
         base = start + 2 * d
         if count == 0:
             counts[d] = 0

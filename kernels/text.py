@@ -8,6 +8,7 @@ normalisation (NFKC + lowercase) runs first in Arrow's C++ kernels when asked fo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ class Normalization:
     punctuation: bool = True  # fold ASCII punctuation into separators
     digits: bool = False  # fold every digit to '0' (numbers stop mattering)
     unicode: bool = False  # NFKC + Unicode lowercase before the byte table (slower)
+    delete: str = ""  # characters removed before tokenizing ("'" keeps "it's" and "its" one word)
 
     def byte_table(self) -> np.ndarray:
         table = np.arange(256, dtype=np.uint8)
@@ -57,12 +59,15 @@ class TextBuffers:
 
 
 def as_text_buffers(
-    texts: pa.Array | pa.ChunkedArray | Sequence[str] | np.ndarray, unicode: bool = False
+    texts: pa.Array | pa.ChunkedArray | Sequence[str] | np.ndarray, normalization: Normalization | None = None
 ) -> TextBuffers:
-    """Zero-copy views of an Arrow string array's buffers (copying only to join chunks or widen offsets)."""
+    """Zero-copy views of an Arrow string array's buffers (copying only to join chunks or widen offsets,
+    or when `normalization` asks for a Unicode step or deleted characters, done in Arrow's C++ kernels)."""
     array = _as_arrow(texts)
-    if unicode:
+    if normalization is not None and normalization.unicode:
         array = pc.utf8_lower(pc.utf8_normalize(array, "NFKC"))
+    if normalization is not None and normalization.delete:
+        array = pc.replace_substring_regex(array, f"[{re.escape(normalization.delete)}]", "")
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
     if pa.types.is_string(array.type):
