@@ -48,7 +48,8 @@ class Source:
 
     def table(self) -> pa.Table:
         """The whole file as one table."""
-        return pa.Table.from_batches(list(self._read(1 << 20)))
+        batches = list(self._read(1 << 20))
+        return pa.Table.from_batches(batches) if batches else pa.table({})
 
     def _read(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
         name = self.path.name

@@ -187,7 +187,9 @@ def _read_items(source: BenchmarkSource, number: int, items: Items) -> dict[str,
     if table.num_rows == 0:
         raise SynthkilnError(f"benchmark '{source.name}': {source.location} holds no rows")
     fields = source.fields or tuple(
-        f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+        f.name
+        for f in table.schema
+        if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)) and f.name != source.id_field
     )
     missing = [f for f in fields if f not in table.schema.names]
     if missing or not fields:
@@ -372,7 +374,7 @@ class ContaminationIndex:
             np.concatenate(c) for c in zip(*candidates, strict=True)
         )
         order = np.lexsort((-score, method, document))
-        chosen = order[np.r_[True, document[order][1:] != document[order][:-1]]] if len(order) else order
+        chosen = order[_run_starts(document[order])]
         table = norm.byte_table()
         for c in chosen:
             d = int(document[c])
@@ -414,7 +416,7 @@ class ContaminationIndex:
         label = self.posting_label[hits.posting[mask]]
         order = np.lexsort((position, item, document))
         document, item, position, label = document[order], item[order], position[order], label[order]
-        boundary = np.r_[True, (document[1:] != document[:-1]) | (item[1:] != item[:-1])]
+        boundary = _run_starts(document, item)
         starts = np.append(np.flatnonzero(boundary), len(document)).astype(np.int64)
         group_document, group_item = document[boundary], item[boundary]
         widths = np.ceil(self.item_words[group_item] * _WINDOW_STRETCH).astype(np.int64)
@@ -487,8 +489,16 @@ def _pairs(hashes: Any, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     h, o = hashes.hashes[keep], owners[keep]
     order = np.lexsort((o, h))
     h, o = h[order], o[order]
-    distinct = np.r_[True, (h[1:] != h[:-1]) | (o[1:] != o[:-1])]
+    distinct = _run_starts(h, o)
     return h[distinct], o[distinct]
+
+
+def _run_starts(*keys: np.ndarray) -> np.ndarray:
+    """True where a row starts a new run of equal keys (rows sorted by the keys)."""
+    starts = np.ones(len(keys[0]), bool)
+    if len(starts) > 1:
+        starts[1:] = np.any([key[1:] != key[:-1] for key in keys], axis=0)
+    return starts
 
 
 def _drop_common(hashes: np.ndarray, owners: np.ndarray, max_items: int) -> tuple[np.ndarray, np.ndarray]:

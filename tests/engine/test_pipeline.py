@@ -133,3 +133,41 @@ def test_several_teachers_share_prompts_by_weight(
     counts = {name: teachers.count(name) for name in ("big-share", "small-share")}
     assert counts["big-share"] > counts["small-share"] > 0
     assert [t["name"] for t in manifest["teachers"]] == ["big-share", "small-share"]
+
+
+def test_prompts_holding_benchmark_items_are_never_generated(
+    tmp_path: Path, gsm8k_dir: Path, hf_teacher
+) -> None:
+    test_questions = [
+        json.loads(line)["question"] for line in (gsm8k_dir / "test.jsonl").read_text().splitlines()[:2]
+    ]
+    seeds = tmp_path / "seeds.jsonl"
+    instructions = [
+        *QUICK_INSTRUCTIONS[:2],
+        test_questions[0],
+        QUICK_INSTRUCTIONS[2],
+        test_questions[1].upper(),
+    ]
+    seeds.write_text("".join(json.dumps({"instruction": text}) + "\n" for text in instructions))
+    recipe = instruction_recipe(
+        seeds, decontaminate={"benchmarks": [{"name": "gsm8k", "path": str(gsm8k_dir / "test.jsonl")}]}
+    )
+    with Pipeline.from_recipe(recipe, teachers=[hf_teacher]) as pipeline:
+        manifest = pipeline.run(tmp_path / "out", progress=False)
+    data = pq.read_table(tmp_path / "out" / "data").to_pylist()
+    assert sorted(r["seed_row"] for r in data) == [1, 2, 4]  # only clean prompts reached the teacher
+    rejected = pq.read_table(tmp_path / "out" / "rejected").to_pylist()
+    assert sorted(r["seed_row"] for r in rejected) == [3, 5]
+    assert {(r["stage"], r["reason"]) for r in rejected} == {("seeds", "contaminated:gsm8k")}
+    assert {r["contamination"]["item_id"] for r in rejected} == {"0", "1"}
+    assert all(r["response"] is None for r in rejected)
+    assert manifest["funnel"]["samples"] == 3 and manifest["funnel"]["seeds_quarantined"] == 2
+    assert manifest["funnel"]["rejected"] == {"seeds": {"contaminated:gsm8k": 2}}
+    against = manifest["decontaminated_against"]
+    assert [b["name"] for b in against] == ["gsm8k"] and len(against[0]["sha256"]) == 64
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "Decontaminated against: **gsm8k**" in card and against[0]["sha256"][:16] in card
+    # a rerun resumes: nothing is generated or rejected twice
+    with Pipeline.from_recipe(recipe, teachers=[hf_teacher]) as pipeline:
+        again = pipeline.run(tmp_path / "out", progress=False)
+    assert again["funnel"] == manifest["funnel"]
