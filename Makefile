@@ -50,6 +50,7 @@ bench: model vllm-venv
 	$(VLLM_VENV)/bin/python benchmarks/bench_generate.py --backend vllm
 	$(PY) benchmarks/bench_minhash.py
 	$(PY) benchmarks/bench_dedup.py
+	$(PY) benchmarks/bench_decont.py
 
 clean:
 	rm -rf $(VENV) $(CACHE) out

@@ -36,7 +36,7 @@ from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.models import cache_dir
 from synthkiln.engine.stages import Stage
 from synthkiln.engine.writer import write_parquet_atomic, write_text_atomic
-from synthkiln.kernels.ngram_index import NgramIndex, densest_windows, ngram_hashes
+from synthkiln.kernels.ngram_index import NgramIndex, densest_windows, ngram_hashes, run_starts
 from synthkiln.kernels.text import Normalization, TextBuffers, as_text_buffers
 
 _INDEX_FORMAT = 1  # bump when the index layout or hashing changes: old cache entries are ignored
@@ -320,7 +320,14 @@ class ContaminationIndex:
         hashes, owners = _pairs(exact, indexed)
         hashes, owners = _drop_common(hashes, owners, config.max_item_frequency)
         item_ngrams = np.bincount(owners, minlength=len(words))
-        spans = np.unique(np.minimum(words[indexed], config.ngram))
+        # Items shorter than an n-gram are one whole-text hash each, found through their first words.
+        short = indexed & (words < config.ngram)
+        prefixes = ngram_hashes(texts, config.min_item_words, norm)
+        whole_prefix = np.zeros(len(words), np.uint64)
+        whole_prefix[short] = prefixes.hashes[prefixes.offsets[:-1][short]]
+        whole_lengths = [np.where(short, words, 0)[owners]]
+        whole_prefixes = [whole_prefix[owners]]
+        spans = np.array([config.ngram] if (indexed & ~short).any() else [], np.int64)
         kinds = [np.full(len(hashes), EXACT, np.int8)]
         labels = [np.zeros(len(hashes), np.int64)]
         all_hashes, all_owners = [hashes], [owners]
@@ -342,9 +349,14 @@ class ContaminationIndex:
             kinds.append(np.full(int(sketch.sum()), FUZZY, np.int8))
             labels.append(rank[sketch])
             item_sketch = np.bincount(f_owners[sketch], minlength=len(words))
+            whole_lengths.append(np.zeros(int(sketch.sum()), np.int64))
+            whole_prefixes.append(np.zeros(int(sketch.sum()), np.uint64))
             spans = np.append(spans, config.fuzzy_ngram)
         posting_item = np.concatenate(all_owners)
-        ngrams = NgramIndex.build(np.concatenate(all_hashes), np.arange(len(posting_item)), spans)
+        ngrams = NgramIndex.build(
+            np.concatenate(all_hashes), np.arange(len(posting_item)), spans,
+            np.concatenate(whole_lengths), np.concatenate(whole_prefixes), config.min_item_words,
+        )  # fmt: skip
         item_benchmark = np.array(items.benchmark, np.int64)
         for number, description in enumerate(described):
             mine = item_benchmark == number
@@ -374,7 +386,7 @@ class ContaminationIndex:
             np.concatenate(c) for c in zip(*candidates, strict=True)
         )
         order = np.lexsort((-score, method, document))
-        chosen = order[_run_starts(document[order])]
+        chosen = order[run_starts(document[order])]
         table = norm.byte_table()
         for c in chosen:
             d = int(document[c])
@@ -416,7 +428,7 @@ class ContaminationIndex:
         label = self.posting_label[hits.posting[mask]]
         order = np.lexsort((position, item, document))
         document, item, position, label = document[order], item[order], position[order], label[order]
-        boundary = _run_starts(document, item)
+        boundary = run_starts(document, item)
         starts = np.append(np.flatnonzero(boundary), len(document)).astype(np.int64)
         group_document, group_item = document[boundary], item[boundary]
         widths = np.ceil(self.item_words[group_item] * _WINDOW_STRETCH).astype(np.int64)
@@ -489,16 +501,8 @@ def _pairs(hashes: Any, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     h, o = hashes.hashes[keep], owners[keep]
     order = np.lexsort((o, h))
     h, o = h[order], o[order]
-    distinct = _run_starts(h, o)
+    distinct = run_starts(h, o)
     return h[distinct], o[distinct]
-
-
-def _run_starts(*keys: np.ndarray) -> np.ndarray:
-    """True where a row starts a new run of equal keys (rows sorted by the keys)."""
-    starts = np.ones(len(keys[0]), bool)
-    if len(starts) > 1:
-        starts[1:] = np.any([key[1:] != key[:-1] for key in keys], axis=0)
-    return starts
 
 
 def _drop_common(hashes: np.ndarray, owners: np.ndarray, max_items: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 from numba import njit, prange
 
-from synthkiln.kernels.minhash import GOLDEN64, ROLL, fmix64, rotl, tokenize
+from synthkiln.kernels.minhash import ROLL, rotl, tokenize
 from synthkiln.kernels.text import Normalization, TextBuffers, as_text_buffers
 
 _BITMAP_BITS = 1 << 24  # 2 MiB: fits this machine's 4 MiB L2 beside the text being read
@@ -83,33 +83,57 @@ class NgramIndex:
     bitmap: np.ndarray  # uint64 words, bit (key >> 32) & (bits - 1)
     posting_offsets: np.ndarray  # int64, distinct keys + 1
     postings: np.ndarray  # int64 caller ids, grouped by key
-    spans: np.ndarray  # int64, the distinct n-gram lengths held (probing computes each)
+    spans: np.ndarray  # int64, the n-gram lengths probed with a rolling pass each
+    # Whole texts shorter than the n-gram (of several lengths) are found from one pass over their
+    # first `prefix_span` words: a prefix table names the candidate (length, hash) pairs to verify.
+    prefix_span: np.ndarray  # int64, shape (1,): 0 when there are none
+    prefix_keys: np.ndarray  # uint64 table of prefix hashes
+    prefix_slot_entry: np.ndarray  # int64 per prefix slot
+    prefix_offsets: np.ndarray  # int64, distinct prefixes + 1, into whole_lengths / whole_hashes
+    whole_lengths: np.ndarray  # int64
+    whole_hashes: np.ndarray  # uint64
 
     @classmethod
-    def build(cls, hashes: np.ndarray, postings: np.ndarray, spans: np.ndarray) -> NgramIndex:
-        """Index `hashes[i]` with posting `postings[i]` (pairs may repeat); `spans`: lengths to probe."""
+    def build(
+        cls,
+        hashes: np.ndarray,
+        postings: np.ndarray,
+        spans: np.ndarray,
+        whole_lengths: np.ndarray | None = None,
+        whole_prefixes: np.ndarray | None = None,
+        prefix_span: int = 0,
+    ) -> NgramIndex:
+        """Index `hashes[i]` with posting `postings[i]` (pairs may repeat); `spans`: lengths to probe.
+
+        Rows with `whole_lengths[i] > 0` are whole short texts of that many words whose first
+        `prefix_span` words hash to `whole_prefixes[i]`: found without a pass per length.
+        """
+        keys, slot_entry, unique = _table(hashes)
         order = np.lexsort((postings, hashes))
-        hashes, postings = hashes[order], postings[order]
-        distinct_pair = np.ones(len(hashes), bool)
-        distinct_pair[1:] = (hashes[1:] != hashes[:-1]) | (postings[1:] != postings[:-1])
-        hashes, postings = hashes[distinct_pair], postings[distinct_pair]
-        first = np.ones(len(hashes), bool)
-        first[1:] = hashes[1:] != hashes[:-1]
-        unique = hashes[first]
-        posting_offsets = np.append(np.flatnonzero(first), len(hashes)).astype(np.int64)
-        size = 1 << max(4, int(2 * max(len(unique), 1) - 1).bit_length())
-        keys = np.zeros(size, np.uint64)
-        slot_entry = np.full(size, -1, np.int64)
-        bitmap = np.zeros(_BITMAP_BITS // 64, np.uint64)
-        _insert(keys, slot_entry, bitmap, unique)
-        return cls(
-            keys,
-            slot_entry,
-            bitmap,
-            posting_offsets,
-            postings.astype(np.int64),
-            np.unique(spans).astype(np.int64),
+        sorted_hashes, sorted_postings = hashes[order], postings[order]
+        distinct_pair = run_starts(sorted_hashes, sorted_postings)
+        sorted_hashes, sorted_postings = sorted_hashes[distinct_pair], sorted_postings[distinct_pair]
+        posting_offsets = np.append(np.flatnonzero(run_starts(sorted_hashes)), len(sorted_hashes)).astype(
+            np.int64
         )
+        bitmap = np.zeros(_BITMAP_BITS // 64, np.uint64)
+        _mark(bitmap, unique)
+        whole = whole_lengths > 0 if whole_lengths is not None else np.zeros(len(hashes), bool)
+        if whole.any() and not 0 < prefix_span <= whole_lengths[whole].min():
+            raise ValueError(f"prefix_span must be in 1..{whole_lengths[whole].min()}, got {prefix_span}")
+        triples = np.unique(
+            np.stack([whole_prefixes[whole], whole_lengths[whole].astype(np.uint64), hashes[whole]], axis=1)
+            if whole.any()
+            else np.zeros((0, 3), np.uint64),
+            axis=0,
+        )
+        prefix_keys, prefix_slot_entry, _ = _table(triples[:, 0])
+        prefix_offsets = np.append(np.flatnonzero(run_starts(triples[:, 0])), len(triples)).astype(np.int64)
+        return cls(
+            keys, slot_entry, bitmap, posting_offsets, sorted_postings.astype(np.int64),
+            np.unique(spans).astype(np.int64), np.array([prefix_span if whole.any() else 0], np.int64),
+            prefix_keys, prefix_slot_entry, prefix_offsets, triples[:, 1].astype(np.int64), triples[:, 2].copy(),
+        )  # fmt: skip
 
     def probe(
         self, texts: pa.Array | Sequence[str] | TextBuffers, normalization: Normalization | None = None
@@ -121,7 +145,9 @@ class NgramIndex:
         documents = np.arange(len(buffers), dtype=np.int64)
         counts = np.zeros(len(buffers), np.int64)
         empty = np.zeros(0, np.int64)
-        args = (buffers.data, buffers.offsets, buffers.nulls, table, self.spans, self.bitmap, self.keys)
+        args = (buffers.data, buffers.offsets, buffers.nulls, table, self.spans, self.bitmap, self.keys,
+                int(self.prefix_span[0]), self.prefix_keys, self.prefix_slot_entry, self.prefix_offsets,
+                self.whole_lengths, self.whole_hashes)  # fmt: skip
         _probe_kernel(*args, documents, counts, empty, empty, empty, empty, _chunks(len(documents)))
         touched = np.flatnonzero(counts)
         starts = np.zeros(len(touched) + 1, np.int64)
@@ -161,6 +187,24 @@ def densest_windows(
     return best, first, last
 
 
+def _table(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Open-addressing table of the distinct `hashes` (load <= 1/2): keys, slot -> entry, the distinct keys."""
+    unique = np.unique(hashes)
+    size = 1 << max(4, int(2 * max(len(unique), 1) - 1).bit_length())
+    keys = np.zeros(size, np.uint64)
+    slot_entry = np.full(size, -1, np.int64)
+    _insert(keys, slot_entry, unique)
+    return keys, slot_entry, unique
+
+
+def run_starts(*keys: np.ndarray) -> np.ndarray:
+    """True where a row starts a new run of equal keys (rows sorted by the keys)."""
+    starts = np.ones(len(keys[0]), bool)
+    if len(starts) > 1:
+        starts[1:] = np.any([key[1:] != key[:-1] for key in keys], axis=0)
+    return starts
+
+
 def _chunks(documents: int) -> int:
     return max(1, min(documents, 64 * numba.get_num_threads()))
 
@@ -170,8 +214,9 @@ def _chunks(documents: int) -> int:
 
 @njit(inline="always", cache=True)
 def _finish64(s: np.uint64) -> np.uint64:
-    h = fmix64(s * GOLDEN64)
-    return h if h != np.uint64(0) else np.uint64(1)  # 0 marks an empty slot
+    # No further mixing: s already XORs fmix64-mixed token hashes at distinct rotations (distinct for
+    # any n-gram up to 64 words), so its bits are as uniform as a finaliser would make them.
+    return s | np.uint64(s == np.uint64(0))  # 0 marks an empty slot
 
 
 @njit(inline="always", cache=True)
@@ -205,17 +250,21 @@ def _hash_kernel(data, offsets, nulls, table, n, out, counts, words):
 
 
 @njit(cache=True)
-def _insert(keys, slot_entry, bitmap, unique):
+def _insert(keys, slot_entry, unique):
     mask = np.uint64(keys.size - 1)
-    bit_mask = np.uint64(bitmap.size * 64 - 1)
     for e in range(unique.size):
-        key = unique[e]
-        slot = key & mask
+        slot = unique[e] & mask
         while keys[slot] != np.uint64(0):
             slot = (slot + np.uint64(1)) & mask
-        keys[slot] = key
+        keys[slot] = unique[e]
         slot_entry[slot] = e
-        bit = (key >> np.uint64(32)) & bit_mask
+
+
+@njit(cache=True)
+def _mark(bitmap, unique):
+    bit_mask = np.uint64(bitmap.size * 64 - 1)
+    for e in range(unique.size):
+        bit = (unique[e] >> np.uint64(32)) & bit_mask
         bitmap[bit >> np.uint64(6)] |= np.uint64(1) << (bit & np.uint64(63))
 
 
@@ -232,8 +281,18 @@ def _lookup(keys, h) -> np.int64:
         slot = (slot + np.uint64(1)) & mask
 
 
+@njit(inline="always", cache=True)
+def _record(write, starts, c, found, position, span_out, slot_out, i, span, slot) -> None:
+    if write:
+        at = starts[c] + found
+        position[at] = i
+        span_out[at] = span
+        slot_out[at] = slot
+
+
 @njit(parallel=True, cache=True)
-def _probe_kernel(data, offsets, nulls, table, spans, bitmap, keys, documents, counts, starts, position, span_out,
+def _probe_kernel(data, offsets, nulls, table, spans, bitmap, keys, prefix_span, prefix_keys, prefix_slot_entry,
+                  prefix_offsets, whole_lengths, whole_hashes, documents, counts, starts, position, span_out,
                   slot_out, chunks):  # fmt: skip
     """Count hits per document into `counts`, or, when `starts` is given, write them out as well."""
     write = starts.size > 0
@@ -266,11 +325,26 @@ def _probe_kernel(data, offsets, nulls, table, spans, bitmap, keys, documents, c
                     if (bitmap[bit >> np.uint64(6)] >> (bit & np.uint64(63))) & np.uint64(1):
                         slot = _lookup(keys, h)
                         if slot >= 0:
-                            if write:
-                                at = starts[c] + found
-                                position[at] = i
-                                span_out[at] = span
-                                slot_out[at] = slot
+                            _record(write, starts, c, found, position, span_out, slot_out, i, span, slot)
+                            found += 1
+            if prefix_span > 0 and count >= prefix_span:
+                leaving = np.uint64(prefix_span) * ROLL
+                s = _first_hash(tokens, prefix_span)
+                for i in range(count - prefix_span + 1):
+                    if i > 0:
+                        s = rotl(s, ROLL) ^ rotl(tokens[i - 1], leaving) ^ tokens[i + prefix_span - 1]
+                    prefix_slot = _lookup(prefix_keys, _finish64(s))
+                    if prefix_slot < 0:
+                        continue
+                    entry = prefix_slot_entry[prefix_slot]
+                    for w in range(prefix_offsets[entry], prefix_offsets[entry + 1]):
+                        length = whole_lengths[w]
+                        if (
+                            i + length <= count
+                            and _finish64(_first_hash(tokens[i:], length)) == whole_hashes[w]
+                        ):
+                            slot = _lookup(keys, whole_hashes[w])
+                            _record(write, starts, c, found, position, span_out, slot_out, i, length, slot)
                             found += 1
             if not write:
                 counts[d] = found

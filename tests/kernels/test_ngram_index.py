@@ -67,6 +67,24 @@ def test_probe_finds_exactly_the_reference_hits(corpus, n: int) -> None:
     assert len(hits) == len(found)  # one row per (document, position, posting)
 
 
+@pytest.mark.parametrize("n", [5, 13])
+def test_short_texts_found_whole_through_their_prefix(corpus, n: int) -> None:
+    items, documents = corpus
+    hashes = ngram_hashes(items, n)
+    prefixes = ngram_hashes(items, 2)
+    owners = np.repeat(np.arange(len(items)), np.diff(hashes.offsets))
+    short = hashes.words < n
+    lengths = np.where(short, hashes.words, 0)[owners]
+    first_words = prefixes.hashes[prefixes.offsets[:-1]][owners]
+    index = NgramIndex.build(hashes.hashes, owners, np.array([n]), lengths, first_words, prefix_span=2)
+    assert index.spans.tolist() == [n]  # one pass for every short length
+    hits = index.probe(pa.array(documents, pa.large_string()))
+    found = set(zip(hits.document.tolist(), hits.position.tolist(), hits.posting.tolist(), strict=True))
+    assert found == reference_hits(items, documents, n)
+    short_hits = short[hits.posting]
+    assert short_hits.any() and np.array_equal(hits.span[short_hits], hashes.words[hits.posting[short_hits]])
+
+
 def test_ngram_hashes_normalise_and_match_short_texts_whole() -> None:
     hashes = ngram_hashes(
         ["The cat, SAT on the mat!", "the cat sat on the mat", "on the mat", None, " ,. "], 3
