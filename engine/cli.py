@@ -104,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         "--fuzzy-threshold", type=float, default=0.5, help="containment that counts as a match (default 0.5)"
     )
     decontaminate.add_argument("--unicode", action="store_true", help="NFKC + Unicode lowercase first")
+    decontaminate.add_argument("--backend", choices=["auto", "numba", "triton"], default="auto")
     decontaminate.add_argument("--quiet", action="store_true", help="no progress bar")
     decontaminate.set_defaults(handler=_decontaminate)
 
@@ -258,7 +259,7 @@ def _decontaminate(args: argparse.Namespace) -> int:
         config = DecontaminateConfig(
             benchmarks=args.benchmarks, ngram=args.ngram, min_coverage=args.min_coverage,
             max_item_frequency=args.max_item_frequency, fuzzy=not args.no_fuzzy,
-            fuzzy_threshold=args.fuzzy_threshold, unicode=args.unicode,
+            fuzzy_threshold=args.fuzzy_threshold, unicode=args.unicode, backend=args.backend,
         )  # fmt: skip
     except ValidationError as exc:
         problems = "; ".join(

@@ -271,6 +271,9 @@ class DecontaminateConfig(_Strict):
         0.5, gt=0, le=1, description="Fraction of an item's sketch found within one window of the text."
     )
     unicode: bool = Field(False, description="NFKC + Unicode lowercase before comparing (slower).")
+    backend: Literal["auto", "numba", "triton"] = Field(
+        "auto", description="Probe kernel (auto: Triton on CUDA)."
+    )
 
 
 class OutputConfig(_Strict):

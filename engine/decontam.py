@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -288,7 +288,7 @@ class ContaminationIndex:
         digests = [s.digest() for s in sources]
         key = _cache_key(config, sources, digests)
         if key in _LOADED:
-            return _LOADED[key]
+            return replace(_LOADED[key], config=config)  # same index; the config may pick another backend
         path = cache_dir() / "decontam" / f"{key}.npz"
         index = cls._load(path, config) if path.is_file() else None
         if index is None:
@@ -372,7 +372,7 @@ class ContaminationIndex:
         """The strongest benchmark match of each text, or None where it is clean."""
         norm = self.normalization
         buffers = texts if isinstance(texts, TextBuffers) else as_text_buffers(texts, norm)
-        hits = self.ngrams.probe(buffers, norm)
+        hits = self.ngrams.probe(buffers, norm, self.config.backend)
         found: list[Match | None] = [None] * len(buffers)
         if not len(hits):
             return found
@@ -485,7 +485,7 @@ _LOADED: dict[str, ContaminationIndex] = {}
 
 
 def _cache_key(config: DecontaminateConfig, sources: list[BenchmarkSource], digests: list[str]) -> str:
-    parameters = config.model_dump(mode="json", exclude={"benchmarks", "text_field", "seeds"})
+    parameters = config.model_dump(mode="json", exclude={"benchmarks", "text_field", "seeds", "backend"})
     described = [
         {"name": s.name, "digest": d, "fields": s.fields, "id_field": s.id_field}
         for s, d in zip(sources, digests, strict=True)

@@ -78,7 +78,7 @@ def minhash_signatures(
     chars = tokens == "chars"
     if tokens not in ("words", "chars"):
         raise ValueError(f"tokens must be 'words' or 'chars', got {tokens!r}")
-    if _pick(backend) == "triton":
+    if pick_backend(backend) == "triton":
         from synthkiln.kernels.minhash_triton import signatures_triton
 
         return signatures_triton(buffers, table, ngram, chars, a, b)
@@ -139,7 +139,8 @@ def signatures_from_hashes(
     return out
 
 
-def _pick(backend: Backend) -> str:
+def pick_backend(backend: Backend) -> str:
+    """'triton' or 'numba': `auto` is Triton where CUDA is available."""
     if backend == "auto":
         try:
             import torch

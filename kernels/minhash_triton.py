@@ -19,7 +19,7 @@ from synthkiln.kernels.text import TextBuffers
 
 
 @triton.jit
-def _fmix64(h):
+def fmix64(h):
     h ^= h >> 33
     h *= 0xFF51AFD7ED558CCD
     h ^= h >> 33
@@ -39,7 +39,7 @@ def _fmix32(h):
 
 
 @triton.jit
-def _rotl(x, bits):
+def rotl(x, bits):
     bits = bits & 63
     return (x << bits) | (x >> ((64 - bits) & 63))
 
@@ -51,16 +51,9 @@ def _finish(s):
 
 
 @triton.jit
-def _minhash_kernel(
-    data_ptr, offsets_ptr, nulls_ptr, table_ptr, powers_ptr, tokens_ptr, a_ptr, b_ptr, out_ptr,
-    ngram, num_perm, CHARS: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
-    doc = tl.program_id(0)
-    start = tl.load(offsets_ptr + doc)
-    end = tl.load(offsets_ptr + doc + 1)
-    end = tl.where(tl.load(nulls_ptr + doc) != 0, start, end)
-    tokens = tokens_ptr + start + 2 * doc  # room for end - start + 2 token hashes
-    space_hash = _fmix64(tl.full((), 0x20 ^ 1, tl.uint64))
+def tokenize(data_ptr, table_ptr, powers_ptr, tokens, start, end, CHARS: tl.constexpr):
+    """Write the token hashes of bytes [start, end) to `tokens` (room for end - start + 2); return how many."""
+    space_hash = fmix64(tl.full((), 0x20 ^ 1, tl.uint64))
 
     h = tl.full((), 0, tl.uint64)
     length = tl.full((), 0, tl.uint64)
@@ -73,7 +66,7 @@ def _minhash_kernel(
         if CHARS:
             continuation = (byte & 0xC0) == 0x80
             finish = (length > 0) & (separator | (continuation == 0))
-            tl.store(tokens + count, _fmix64(h ^ length).to(tl.int64, bitcast=True))
+            tl.store(tokens + count, fmix64(h ^ length).to(tl.int64, bitcast=True))
             count += finish.to(tl.int64)
             space = (separator == 0) & pending_space
             tl.store(tokens + count, space_hash.to(tl.int64, bitcast=True))
@@ -83,13 +76,27 @@ def _minhash_kernel(
             h = tl.where(restart, 0, h).to(tl.uint64)
             length = tl.where(restart, 0, length).to(tl.uint64)
         else:
-            tl.store(tokens + count, _fmix64(h ^ length).to(tl.int64, bitcast=True))
+            tl.store(tokens + count, fmix64(h ^ length).to(tl.int64, bitcast=True))
             count += (separator & (length > 0)).to(tl.int64)
         power = tl.load(powers_ptr + (length & 255).to(tl.int32)).to(tl.uint64, bitcast=True)
         h = tl.where(separator, 0, h + mapped * power).to(tl.uint64)
         length = tl.where(separator, 0, length + 1).to(tl.uint64)
-    tl.store(tokens + count, _fmix64(h ^ length).to(tl.int64, bitcast=True))
+    tl.store(tokens + count, fmix64(h ^ length).to(tl.int64, bitcast=True))
     count += (length > 0).to(tl.int64)
+    return count
+
+
+@triton.jit
+def _minhash_kernel(
+    data_ptr, offsets_ptr, nulls_ptr, table_ptr, powers_ptr, tokens_ptr, a_ptr, b_ptr, out_ptr,
+    ngram, num_perm, CHARS: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    doc = tl.program_id(0)
+    start = tl.load(offsets_ptr + doc)
+    end = tl.load(offsets_ptr + doc + 1)
+    end = tl.where(tl.load(nulls_ptr + doc) != 0, start, end)
+    tokens = tokens_ptr + start + 2 * doc  # room for end - start + 2 token hashes
+    count = tokenize(data_ptr, table_ptr, powers_ptr, tokens, start, end, CHARS)
 
     lanes = tl.arange(0, BLOCK)
     in_range = lanes < num_perm
@@ -100,14 +107,14 @@ def _minhash_kernel(
     # Rolling shingle hash, as in the Numba kernel: s_i = XOR_k rotl(t[i+k], (span-1-k)*27).
     s = tl.full((), 0, tl.uint64)
     for k in range(0, span):
-        s = _rotl(s, 27) ^ tl.load(tokens + k).to(tl.uint64, bitcast=True)
+        s = rotl(s, 27) ^ tl.load(tokens + k).to(tl.uint64, bitcast=True)
     first = tl.minimum(mins, a * _finish(s) + b)
     mins = tl.where(count > 0, first, mins)
     leaving = (span.to(tl.uint64) * 27) & 63
     for i in range(1, count - span + 1):
         leaving_token = tl.load(tokens + i - 1).to(tl.uint64, bitcast=True)
         entering_token = tl.load(tokens + i + span - 1).to(tl.uint64, bitcast=True)
-        s = _rotl(s, 27) ^ _rotl(leaving_token, leaving) ^ entering_token
+        s = rotl(s, 27) ^ rotl(leaving_token, leaving) ^ entering_token
         mins = tl.minimum(mins, a * _finish(s) + b)
     tl.store(out_ptr + doc * num_perm + lanes, mins.to(tl.int32, bitcast=True), mask=in_range)
 

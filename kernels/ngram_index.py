@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 from numba import njit, prange
 
-from synthkiln.kernels.minhash import ROLL, rotl, tokenize
+from synthkiln.kernels.minhash import ROLL, Backend, pick_backend, rotl, tokenize
 from synthkiln.kernels.text import Normalization, TextBuffers, as_text_buffers
 
 _BITMAP_BITS = 1 << 24  # 2 MiB: fits this machine's 4 MiB L2 beside the text being read
@@ -136,12 +136,34 @@ class NgramIndex:
         )  # fmt: skip
 
     def probe(
-        self, texts: pa.Array | Sequence[str] | TextBuffers, normalization: Normalization | None = None
+        self,
+        texts: pa.Array | Sequence[str] | TextBuffers,
+        normalization: Normalization | None = None,
+        backend: Backend = "auto",
     ) -> Hits:
         """Every indexed n-gram occurring in each document, with the postings of its key."""
         normalization = normalization or Normalization()
         buffers = texts if isinstance(texts, TextBuffers) else as_text_buffers(texts, normalization)
         table = normalization.byte_table()
+        if pick_backend(backend) == "triton":
+            from synthkiln.kernels.ngram_index_triton import probe_triton
+
+            counts, touched, position, span, slot = probe_triton(buffers, table, self)
+        else:
+            counts, touched, position, span, slot = self._probe_numba(buffers, table)
+        document = np.repeat(touched, counts[touched])
+        entry = self.slot_entry[slot]
+        per_entry = self.posting_offsets[entry + 1] - self.posting_offsets[entry]
+        expanded = np.repeat(np.arange(len(entry)), per_entry)
+        within = np.arange(len(expanded)) - np.repeat(np.cumsum(per_entry) - per_entry, per_entry)
+        return Hits(
+            document[expanded],
+            position[expanded],
+            span[expanded],
+            self.postings[self.posting_offsets[entry[expanded]] + within],
+        )
+
+    def _probe_numba(self, buffers: TextBuffers, table: np.ndarray) -> tuple[np.ndarray, ...]:
         documents = np.arange(len(buffers), dtype=np.int64)
         counts = np.zeros(len(buffers), np.int64)
         empty = np.zeros(0, np.int64)
@@ -155,17 +177,7 @@ class NgramIndex:
         position, span, slot = (np.empty(starts[-1], np.int64) for _ in range(3))
         if len(touched):
             _probe_kernel(*args, touched, counts, starts, position, span, slot, _chunks(len(touched)))
-        document = np.repeat(touched, counts[touched])
-        entry = self.slot_entry[slot]
-        per_entry = self.posting_offsets[entry + 1] - self.posting_offsets[entry]
-        expanded = np.repeat(np.arange(len(entry)), per_entry)
-        within = np.arange(len(expanded)) - np.repeat(np.cumsum(per_entry) - per_entry, per_entry)
-        return Hits(
-            document[expanded],
-            position[expanded],
-            span[expanded],
-            self.postings[self.posting_offsets[entry[expanded]] + within],
-        )
+        return counts, touched, position, span, slot
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays to save (``np.savez``); `from_arrays` loads them back."""
