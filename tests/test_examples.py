@@ -23,7 +23,14 @@ def test_the_four_examples_exist() -> None:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_validates_and_renders_its_seeds(path: Path, gsm8k_dir: Path) -> None:
-    overrides = [f"seeds.path={gsm8k_dir / 'train.jsonl'}"] if path.stem == "gsm8k_reasoning" else []
+    overrides = (
+        [
+            f"seeds.path={gsm8k_dir / 'train.jsonl'}",
+            f"decontaminate.benchmarks.0.path={gsm8k_dir / 'test.jsonl'}",
+        ]
+        if path.stem == "gsm8k_reasoning"
+        else []
+    )
     recipe = load_recipe(path, overrides)
     task = build_task(recipe.task)
     for ordinal, seed in enumerate(read_seeds(recipe.seeds)):
@@ -47,6 +54,8 @@ def test_gsm8k_reasoning_runs_on_local_gsm8k(tmp_path: Path, gsm8k_dir: Path) ->
             "--set",
             f"seeds.path={gsm8k_dir / 'train.jsonl'}",
             "--set",
+            f"decontaminate.benchmarks.0.path={gsm8k_dir / 'test.jsonl'}",
+            "--set",
             "seeds.limit=3",
             "--set",
             "sampling.max_tokens=48",
@@ -66,3 +75,4 @@ def test_gsm8k_reasoning_runs_on_local_gsm8k(tmp_path: Path, gsm8k_dir: Path) ->
         every += pq.read_table(out / "data").to_pylist()
     assert all(row["reference"] for row in every)
     assert manifest["verifiers"] == ["reference-answer"]
+    assert [b["name"] for b in manifest["decontaminated_against"]] == ["gsm8k"]
