@@ -1,0 +1,262 @@
+"""One untrusted execution, isolated: uid nobody, bubblewrap namespaces, seccomp, rlimits, timeouts.
+
+The command line, outermost first::
+
+    env -i setpriv --reuid=nobody --regid=nogroup --clear-groups        (uid nobody on the host)
+      bwrap --unshare-all --unshare-user --disable-userns --die-with-parent --new-session
+            --ro-bind / / --tmpfs /tmp --bind WORK /tmp/job --proc /proc --dev /dev
+            --clearenv --cap-drop ALL --seccomp FD                       (namespaces, read-only root)
+        prlimit --as --cpu --nproc --fsize --nofile --core=0            (limits set inside: see DESIGN.md)
+          /usr/bin/python3 -I -B ...                                     (the job)
+
+`env -i` matters: `--clearenv` clears only the child's environment, and /proc/1/environ inside shows
+what bubblewrap itself was started with. The seccomp program (compiled once per process with
+libseccomp) refuses sockets other than AF_UNIX and the syscalls that reach outside a container.
+The interpreter is the system's `/usr/bin/python3`, which uid nobody can read (a pyenv or venv
+interpreter under /root cannot be); job files are copied into the work dir. Output goes to files
+capped by RLIMIT_FSIZE, so a job printing a gigabyte is stopped at the cap, not buffered. A timeout
+kills the whole process group; bubblewrap's pid namespace then takes every process left inside.
+The job reports through a pipe whose fd number it gets in argv; the verdict is decided from that
+report by the caller, never from the exit status or stdout alone.
+Without bubblewrap the same runs with `setpriv` + `prlimit` only, and only when asked for by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+Mode = Literal["bubblewrap", "rlimits-only"]
+
+NOBODY_UID, NOBODY_GID = 65534, 65534
+PYTHON = "/usr/bin/python3"
+WORK = "/tmp/job"  # the writable work dir inside (on the private /tmp: needs no mount point in /)
+RESULT_FD = "{result_fd}"  # in argv: replaced by the number of the fd the job writes its result to
+
+_DENIED_SYSCALLS = (
+    "ptrace", "mount", "umount2", "unshare", "setns", "bpf", "keyctl", "add_key", "request_key",
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot", "swapon",
+    "swapoff", "pivot_root", "chroot", "perf_event_open", "userfaultfd", "process_vm_readv",
+    "process_vm_writev", "open_by_handle_at", "name_to_handle_at", "acct", "quotactl", "syslog",
+    "settimeofday", "clock_settime", "iopl", "ioperm", "fanotify_init", "io_uring_setup", "io_uring_enter",
+    "io_uring_register", "mbind", "migrate_pages", "move_pages", "personality",
+)  # fmt: skip
+_RESULT_CAP = 1 << 20
+
+
+class SandboxUnavailable(RuntimeError):
+    """The isolation asked for cannot be provided on this machine."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_seconds: float = 10.0
+    cpu_seconds: int = 10
+    memory_bytes: int = 1 << 30  # address space
+    processes: int = 64
+    file_bytes: int = 16 << 20  # any file written, stdout and stderr included
+    open_files: int = 256
+    output_bytes: int = 16 << 10  # how much of stdout/stderr is kept
+
+
+@dataclass
+class Execution:
+    """What a sandboxed run did. `result` is what the job wrote to its result pipe, if anything."""
+
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool
+    seconds: float
+    stdout: str
+    stderr: str
+    result: bytes
+    truncated: bool = False
+    sandbox_error: str | None = None  # the sandbox itself failed to start: not the job's fault
+
+
+class Sandbox:
+    def __init__(self, mode: Mode = "bubblewrap", limits: Limits | None = None, python: str = PYTHON) -> None:
+        if mode not in ("bubblewrap", "rlimits-only"):
+            raise ValueError(f"sandbox must be 'bubblewrap' or 'rlimits-only', got {mode!r}")
+        self.mode, self.limits, self.python = mode, limits or Limits(), python
+        missing = [tool for tool in ("setpriv", "prlimit") if shutil.which(tool) is None]
+        if mode == "bubblewrap" and shutil.which("bwrap") is None:
+            missing.append("bwrap (Debian package bubblewrap)")
+        if not Path(python).is_file():
+            missing.append(python)
+        if missing:
+            hint = ", or choose sandbox = 'rlimits-only' explicitly (weaker)" if mode == "bubblewrap" else ""
+            raise SandboxUnavailable(f"cannot isolate code: missing {', '.join(missing)}; install it{hint}")
+        self._seccomp = _compile_seccomp() if mode == "bubblewrap" else b""
+
+    def describe(self) -> dict[str, object]:
+        return {"sandbox": self.mode, "python": self.python, "limits": asdict(self.limits)}
+
+    def run(
+        self, argv: list[str], files: dict[str, bytes | str], stdin: bytes = b"", limits: Limits | None = None
+    ) -> Execution:
+        """Run `argv` ("python" stands for the sandbox's interpreter) in a fresh work dir holding `files`."""
+        limits = limits or self.limits
+        host = Path(tempfile.mkdtemp(prefix="synthkiln-job-"))
+        try:
+            work, out = host / "work", host / "out"
+            work.mkdir()
+            out.mkdir(mode=0o700)
+            for name, content in files.items():
+                (work / name).write_bytes(content.encode() if isinstance(content, str) else content)
+            os.chown(work, NOBODY_UID, NOBODY_GID)
+            os.chmod(host, 0o711)
+            return self._execute(argv, work, out, stdin, limits)
+        finally:
+            shutil.rmtree(host, ignore_errors=True)
+
+    def _execute(self, argv: list[str], work: Path, out: Path, stdin: bytes, limits: Limits) -> Execution:
+        result_read, result_write = os.pipe()
+        argv = [{"python": self.python, RESULT_FD: str(result_write)}.get(a, a) for a in argv]
+        inner = [
+            "prlimit", f"--as={limits.memory_bytes}", f"--cpu={limits.cpu_seconds}", f"--nproc={limits.processes}",
+            f"--fsize={limits.file_bytes}", f"--nofile={limits.open_files}", "--core=0", "--", *argv,
+        ]  # fmt: skip
+        keep = [result_write]
+        cwd: str | None = None
+        if self.mode == "bubblewrap":
+            keep.append(_pipe_holding(self._seccomp))
+            command = [
+                "bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+                "--new-session", "--ro-bind", "/", "/", "--tmpfs", "/tmp", "--bind", str(work), WORK,
+                "--chdir", WORK, "--proc", "/proc", "--dev", "/dev", "--clearenv",
+                "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", WORK, "--cap-drop", "ALL",
+                "--seccomp", str(keep[1]), "--", *inner,
+            ]  # fmt: skip
+        else:
+            command, cwd = inner, str(work)
+        command = [
+            "env",
+            "-i",
+            "setpriv",
+            f"--reuid={NOBODY_UID}",
+            f"--regid={NOBODY_GID}",
+            "--clear-groups",
+            *command,
+        ]
+        started = time.perf_counter()
+        with open(out / "stdout", "wb") as stdout, open(out / "stderr", "wb") as stderr:
+            try:
+                process = subprocess.Popen(
+                    command, stdin=subprocess.PIPE, stdout=stdout, stderr=stderr, cwd=cwd, pass_fds=keep,
+                    start_new_session=True,
+                )  # fmt: skip
+            finally:
+                for fd in keep:
+                    os.close(fd)
+            result, timed_out = _communicate(process, stdin, result_read, limits)
+        seconds = time.perf_counter() - started
+        stdout_text, stdout_cut = _head(out / "stdout", limits.output_bytes)
+        stderr_text, stderr_cut = _head(out / "stderr", limits.output_bytes)
+        code = process.returncode
+        failed_to_start = self.mode == "bubblewrap" and code == 1 and stderr_text.startswith("bwrap:")
+        return Execution(
+            exit_code=code if code >= 0 else None, signal=-code if code < 0 else None, timed_out=timed_out,
+            seconds=seconds, stdout=stdout_text, stderr=stderr_text, result=result,
+            truncated=stdout_cut or stderr_cut, sandbox_error=stderr_text.strip() if failed_to_start else None,
+        )  # fmt: skip
+
+
+def _communicate(
+    process: subprocess.Popen, stdin: bytes, result_fd: int, limits: Limits
+) -> tuple[bytes, bool]:
+    """Feed stdin, read the result pipe (capped), enforce the wall clock by killing the process group."""
+    deadline = time.monotonic() + limits.wall_seconds
+    try:
+        process.stdin.write(stdin)  # type: ignore[union-attr]
+        process.stdin.close()  # type: ignore[union-attr]
+    except BrokenPipeError:
+        pass
+    chunks: list[bytes] = []
+    size, timed_out, pipe_open = 0, False, True
+    try:
+        while process.poll() is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            if not pipe_open:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=min(remaining, 0.05))
+                continue
+            ready, _, _ = select.select([result_fd], [], [], min(remaining, 0.05))
+            if ready:
+                chunk = os.read(result_fd, 65536)
+                pipe_open = bool(chunk)
+                chunks.append(chunk[: max(0, _RESULT_CAP - size)])
+                size += len(chunk)
+    finally:
+        _kill_group(process)  # whatever is left: a straggler holding the pipe, a timed-out job
+        os.set_blocking(result_fd, False)
+        try:
+            while size < _RESULT_CAP and (chunk := os.read(result_fd, 65536)):
+                chunks.append(chunk[: _RESULT_CAP - size])
+                size += len(chunk)
+        except BlockingIOError:
+            pass
+        os.close(result_fd)
+    return b"".join(chunks), timed_out
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)  # the whole session: bwrap, the job, anything it forked
+    process.wait()
+
+
+def _head(path: Path, limit: int) -> tuple[str, bool]:
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    return data[:limit].decode("utf-8", errors="replace"), len(data) > limit
+
+
+def _pipe_holding(data: bytes) -> int:
+    """The read end of a pipe already holding `data` (bwrap reads the seccomp program from it)."""
+    read, write = os.pipe()
+    os.write(write, data)  # a few hundred bytes: well within a pipe's buffer
+    os.close(write)
+    return read
+
+
+_SECCOMP: bytes | None = None
+
+
+def _compile_seccomp() -> bytes:
+    """The seccomp program as BPF for bwrap's --seccomp (compiled once per process)."""
+    global _SECCOMP
+    if _SECCOMP is not None:
+        return _SECCOMP
+    try:
+        import pyseccomp as seccomp
+    except ImportError as exc:
+        raise SandboxUnavailable(f"seccomp bindings missing ({exc}); pip install pyseccomp") from None
+    try:
+        rules = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+        for name in _DENIED_SYSCALLS:
+            rules.add_rule(seccomp.ERRNO(errno.EPERM), name)
+        rules.add_rule(
+            seccomp.ERRNO(errno.EAFNOSUPPORT), "socket", seccomp.Arg(0, seccomp.NE, socket.AF_UNIX)
+        )
+        with tempfile.TemporaryFile() as handle:
+            rules.export_bpf(handle)
+            handle.seek(0)
+            _SECCOMP = handle.read()
+    except (OSError, RuntimeError) as exc:  # libseccomp missing or refusing a rule
+        raise SandboxUnavailable(f"cannot build the seccomp filter: {exc} (install libseccomp2)") from None
+    return _SECCOMP
