@@ -108,6 +108,32 @@ def _parser() -> argparse.ArgumentParser:
     decontaminate.add_argument("--quiet", action="store_true", help="no progress bar")
     decontaminate.set_defaults(handler=_decontaminate)
 
+    verify = commands.add_parser("verify", help="keep rows that sandboxed verifiers prove right")
+    verify.add_argument("inputs", nargs="+", help="files (.jsonl, .jsonl.gz, .parquet) or directories")
+    verify.add_argument("--out", required=True, help="output directory: data/, rejected/, manifest.json")
+    verify.add_argument("--verifier", action="append", required=True, dest="verifiers",
+                        help="python-tests, stdio-tests, math, json-schema, regex, length (repeatable)")  # fmt: skip
+    for option, default, text in (
+        ("--code-field", "code", "python-tests: the code"),
+        ("--tests-field", "tests", "python-tests: test code run after it"),
+        ("--entry-point-field", "entry_point", "python-tests: function passed to check() (HumanEval)"),
+        ("--program-field", "program", "stdio-tests: the program"),
+        ("--cases-field", "cases", "stdio-tests: list of {input, output}"),
+        ("--response-field", "response", "math: text holding the final answer"),
+        ("--reference-field", "reference", "math: the reference answer"),
+        ("--field", "response", "json-schema, regex, length: the text checked"),
+    ):
+        verify.add_argument(option, default=default, help=f"{text} (default: {default})")
+    verify.add_argument("--schema-file", help="json-schema: the JSON Schema file")
+    verify.add_argument("--pattern", help="regex: the pattern that must match")
+    verify.add_argument("--min-words", type=int, default=1, help="length: fewest words (default 1)")
+    verify.add_argument("--max-words", type=int, help="length: most words")
+    verify.add_argument("--sandbox", choices=["bubblewrap", "rlimits-only"], default="bubblewrap")
+    verify.add_argument("--workers", type=int, help="concurrent sandboxed jobs (default: one per core)")
+    verify.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds per job (default 10)")
+    verify.add_argument("--quiet", action="store_true", help="no progress bar")
+    verify.set_defaults(handler=_verify)
+
     models = commands.add_parser("models", help="manage embedded models")
     model_commands = models.add_subparsers(dest="models_command", required=True)
     prepare = model_commands.add_parser("prepare", help="convert an embedded model to safetensors (cached)")
@@ -277,6 +303,51 @@ def _decontaminate(args: argparse.Namespace) -> int:
               f"{benchmark['rows_removed']} rows removed")  # fmt: skip
     print(f"dataset: {args.out}")
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from synthkiln.engine.config import VerifyConfig
+    from synthkiln.engine.verify import build_pool, build_verifier, verify_corpus
+
+    given = {
+        "code_field": args.code_field, "tests_field": args.tests_field, "entry_point_field": args.entry_point_field,
+        "program_field": args.program_field, "cases_field": args.cases_field, "response_field": args.response_field,
+        "reference_field": args.reference_field, "field": args.field, "schema_file": args.schema_file,
+        "pattern": args.pattern, "min_words": args.min_words, "max_words": args.max_words,
+    }  # fmt: skip
+    needs = {"json-schema": "schema_file", "regex": "pattern"}
+    verifiers = []
+    for name in args.verifiers:
+        if name in needs and given[needs[name]] is None:
+            raise SynthkilnError(f"--verifier {name} needs --{needs[name].replace('_', '-')}")
+        verifiers.append(build_verifier(name, _options_for(name, given)))
+    config = VerifyConfig(sandbox=args.sandbox, workers=args.workers, wall_seconds=args.timeout)
+    with build_pool(config) as pool:
+        report = verify_corpus(
+            [Path(p) for p in args.inputs], Path(args.out), verifiers, pool, not args.quiet
+        )
+    print(
+        f"rows {report.rows}  passed {report.passed}  failed {report.failed}  ({report.seconds:.1f} s, sandbox {args.sandbox})"
+    )
+    for reason, count in report.by_reason.most_common():
+        print(f"  {reason}: {count}")
+    print(f"dataset: {args.out}")
+    return 0
+
+
+def _options_for(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The CLI options the named verifier takes."""
+    import inspect
+
+    from synthkiln.verifiers import VERIFIERS
+
+    accepted = set(inspect.signature(VERIFIERS[name]).parameters) | {"field", "schema_file"}
+    options = {k: v for k, v in given.items() if k in accepted and v is not None}
+    if "field_name" not in inspect.signature(VERIFIERS[name]).parameters:
+        options.pop("field", None)
+    if name != "json-schema":
+        options.pop("schema_file", None)
+    return options
 
 
 def _models_prepare(args: argparse.Namespace) -> int:

@@ -276,6 +276,30 @@ class DecontaminateConfig(_Strict):
     )
 
 
+class VerifierConfig(BaseModel):
+    """One verifier by name, with its options (see README: python-tests, stdio-tests, math, json-schema,
+    regex, length); options are checked when the stage is built."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: Literal["python-tests", "stdio-tests", "math", "json-schema", "regex", "length"] = Field(
+        description="Verifier name."
+    )
+
+
+class VerifyConfig(_Strict):
+    """Sandboxed verification of generated rows; a row is kept when every verifier passes."""
+
+    verifiers: list[VerifierConfig] = Field(
+        default_factory=list, description="Verifiers; none: the stage is off."
+    )
+    sandbox: Literal["bubblewrap", "rlimits-only"] = Field(
+        "bubblewrap", description="Isolation; 'rlimits-only' (weaker) only where bubblewrap cannot run."
+    )
+    workers: int | None = Field(None, ge=1, description="Concurrent sandboxed jobs (default: one per core).")
+    wall_seconds: float = Field(10.0, gt=0, description="Wall-clock limit per job.")
+    memory_mb: int = Field(1024, ge=64, description="Address-space limit per job.")
+
+
 class OutputConfig(_Strict):
     """Where and how the dataset directory is written."""
 
@@ -301,6 +325,7 @@ class Recipe(_Strict):
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")

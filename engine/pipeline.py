@@ -104,6 +104,8 @@ class Pipeline:
         return self._teachers
 
     def close(self) -> None:
+        for stage in self.prompt_stages + self.stages:
+            stage.close()
         if self._owns_teachers:
             for teacher in self._teachers or []:
                 teacher.close()
@@ -378,7 +380,8 @@ class Pipeline:
             "teachers": [t.describe() for t in self.teachers],
             "seeds": describe_seeds(self.recipe.seeds),
             "stages": [s.name for s in self.stages],
-            "verifiers": sorted({s.verifier for s in self.stages if s.verifier}),
+            "verifiers": sorted({v for s in self.stages for v in s.verifiers}),
+            "sandbox": next((s.sandbox for s in self.stages if s.sandbox), None),
             "decontaminated_against": list(
                 {b["name"]: b for s in self.prompt_stages + self.stages for b in s.benchmarks}.values()
             ),

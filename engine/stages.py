@@ -30,10 +30,11 @@ class Stage(ABC):
     """One step of curation. Subclasses set `name` and implement `process`."""
 
     name: str
-    verifier: str | None = None  # set by stages that prove rows right (listed on the dataset card)
+    verifiers: tuple[str, ...] = ()  # what stages that prove rows right check with (listed on the card)
     fields: tuple[pa.Field, ...] = ()  # columns this stage adds to the rows it keeps or rejects
     restore_columns: tuple[str, ...] = ()  # committed columns a stateful stage rebuilds itself from
     benchmarks: tuple[dict, ...] = ()  # benchmarks this stage keeps out (listed on the dataset card)
+    sandbox: dict | None = None  # the isolation a stage ran untrusted text under (in the manifest)
 
     def restore(self, committed: pa.Table) -> None:
         """Rebuild state from rows an earlier run committed (called before a resumed run starts)."""
@@ -41,6 +42,9 @@ class Stage(ABC):
 
     def __init__(self) -> None:
         self.stats = StageStats()
+
+    def close(self) -> None:  # noqa: B027 (optional hook: most stages hold nothing)
+        """Release what the stage holds (worker pools); called when the pipeline closes."""
 
     @abstractmethod
     def process(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch]:
@@ -137,7 +141,7 @@ class ReferenceAnswer(Stage):
     """Rows whose seed carried a ground truth keep only a matching extracted answer, marked verified."""
 
     name = "reference"
-    verifier = "reference-answer"
+    verifiers = ("reference-answer",)
 
     def process(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         answers = batch.column("answer").to_pylist()
@@ -206,6 +210,10 @@ def default_stages(recipe: Recipe) -> list[Stage]:
 
         index = ContaminationIndex.for_config(recipe.decontaminate)
         stages.append(Decontaminate(index, recipe.decontaminate.text_field))
+    if recipe.verify.verifiers:
+        from synthkiln.engine.verify import Verify
+
+        stages.append(Verify.from_config(recipe.verify))
     if recipe.generation.keep == "first":
         stages.append(FirstPerPrompt())
     if recipe.dedup.enabled:  # last: its index must hold exactly the accepted rows

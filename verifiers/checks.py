@@ -53,6 +53,7 @@ class Job:
 
 class Verifier(ABC):
     name: str
+    cost = 1  # in-process checks 0, sandboxed jobs 1: cheap ones run first and short-circuit
 
     @abstractmethod
     def job(self, row: dict[str, Any]) -> Job | Verdict:
@@ -134,7 +135,7 @@ class PythonTests(Verifier):
         except KeyError as missing:
             return self._verdict("failed", f"no {missing.args[0]!r} field")
         entry_point = row.get(self.entry_point_field) if self.entry_point_field else None
-        return Job("python-tests", {"code": code, "tests": tests, "entry_point": entry_point})
+        return Job("python-tests", {"code": code_block(code), "tests": tests, "entry_point": entry_point})
 
     def judge(
         self, row: dict[str, Any], report: dict[str, Any], execution: Execution, output: str
@@ -163,7 +164,7 @@ class StdioTests(Verifier):
 
     def job(self, row: dict[str, Any]) -> Job | Verdict:
         try:
-            program, cases = _field(row, self.program_field), _field(row, self.cases_field)
+            program, cases = code_block(_field(row, self.program_field)), _field(row, self.cases_field)
         except KeyError as missing:
             return self._verdict("failed", f"no {missing.args[0]!r} field")
         if isinstance(cases, str):
@@ -232,6 +233,7 @@ class MathAnswer(Verifier):
 
 class JsonSchema(Verifier):
     name = "json-schema"
+    cost = 0
 
     def __init__(self, schema: dict[str, Any], field_name: str = "response") -> None:
         import jsonschema
@@ -245,7 +247,7 @@ class JsonSchema(Verifier):
         if text is None:
             return self._verdict("failed", f"no {self.field_name!r} field")
         try:
-            value = json.loads(_strip_fence(text))
+            value = json.loads(_fenced(text, "json"))
         except (json.JSONDecodeError, RecursionError) as exc:
             return self._verdict("failed", f"not JSON: {exc}"[:300])
         errors = sorted(self.validator.iter_errors(value), key=lambda e: list(e.path))
@@ -255,13 +257,20 @@ class JsonSchema(Verifier):
         return self._verdict("passed", "valid")
 
 
-def _strip_fence(text: str) -> str:
-    fenced = re.search(r"```(?:json)?\s*\n(.*?)```", text, re.DOTALL)
+def _fenced(text: str, languages: str) -> str:
+    """The first fenced block in one of `languages` (or unlabelled), else the text itself."""
+    fenced = re.search(rf"```(?:{languages})?[ \t]*\n(.*?)```", text, re.DOTALL)
     return fenced.group(1) if fenced else text
+
+
+def code_block(text: str) -> str:
+    """Model answers wrap code in Markdown fences: the first Python block, else the whole text."""
+    return _fenced(text, "python|py|python3")
 
 
 class Regex(Verifier):
     name = "regex"
+    cost = 0
 
     def __init__(self, pattern: str, field_name: str = "response", max_chars: int = 100_000) -> None:
         self.pattern, self.field_name, self.max_chars = re.compile(pattern), field_name, max_chars
@@ -277,6 +286,7 @@ class Regex(Verifier):
 
 class Length(Verifier):
     name = "length"
+    cost = 0
 
     def __init__(
         self, min_words: int = 1, max_words: int | None = None, field_name: str = "response"

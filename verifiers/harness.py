@@ -12,6 +12,7 @@ Standalone on purpose (copied into each job's work dir): it must import nothing 
 import contextlib
 import ctypes
 import json
+import linecache
 import os
 import subprocess
 import sys
@@ -58,8 +59,15 @@ def _failure(exc: BaseException, files: tuple) -> dict:
     return {"passed": False, "error": _type(exc).__name__, "message": message, "where": where, "line": line}
 
 
+def _remember(name: str, source: str) -> None:
+    """Let tracebacks quote lines of code that was compiled from a string."""
+    linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+
+
 def python_tests(job: dict) -> dict:
     namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+    _remember("solution.py", job["code"])
+    _remember("tests.py", job["tests"])
     try:
         exec(compile(job["code"], "solution.py", "exec"), namespace)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt included: the code did not load

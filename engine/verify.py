@@ -1,0 +1,189 @@
+"""Verification in the pipeline (the `verify` stage) and on files (`synthkiln verify`).
+
+Both hand rows to a :class:`~synthkiln.verifiers.VerifierPool`: verifiers run cheapest first, and a
+row stops at its first failing verdict. Every verdict is recorded on the row (`verdicts`), so a kept
+row shows what proved it right and under which sandbox.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from synthkiln.engine.config import VerifyConfig
+from synthkiln.engine.corpus import iter_sources
+from synthkiln.engine.errors import SynthkilnError
+from synthkiln.engine.schema import VERDICT
+from synthkiln.engine.stages import Stage
+from synthkiln.engine.writer import write_parquet_atomic, write_text_atomic
+from synthkiln.verifiers import VERIFIERS, Limits, SandboxUnavailable, Verdict, Verifier, VerifierPool
+
+_RENAMED = {"field": "field_name"}  # recipe/CLI spelling -> constructor argument
+
+
+def build_verifier(name: str, options: dict[str, Any]) -> Verifier:
+    """A verifier from its name and options (`schema_file` is read as JSON for json-schema)."""
+    if name not in VERIFIERS:
+        raise SynthkilnError(f"unknown verifier {name!r} (known: {', '.join(sorted(VERIFIERS))})")
+    options = {_RENAMED.get(k, k): v for k, v in options.items() if k != "name"}
+    if "schema_file" in options:
+        path = Path(options.pop("schema_file"))
+        try:
+            options["schema"] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SynthkilnError(f"verifier {name}: schema_file {path}: {exc}") from None
+    accepted = set(inspect.signature(VERIFIERS[name]).parameters)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise SynthkilnError(f"verifier {name}: unknown option(s) {unknown} (accepted: {sorted(accepted)})")
+    try:
+        return VERIFIERS[name](**options)
+    except Exception as exc:  # a bad pattern or schema names itself here
+        raise SynthkilnError(f"verifier {name}: {type(exc).__name__}: {exc}") from None
+
+
+def build_pool(config: VerifyConfig) -> VerifierPool:
+    limits = Limits(wall_seconds=config.wall_seconds, memory_bytes=config.memory_mb << 20)
+    try:
+        return VerifierPool(config.workers, config.sandbox, limits)
+    except SandboxUnavailable as exc:
+        raise SynthkilnError(str(exc)) from None
+
+
+def verify_rows(
+    pool: VerifierPool, verifiers: list[Verifier], rows: list[dict[str, Any]]
+) -> list[list[Verdict]]:
+    """Each row's verdicts, cheapest verifier first, stopping at a row's first failure."""
+    verdicts: list[list[Verdict]] = [[] for _ in rows]
+    alive = list(range(len(rows)))
+    for verifier in sorted(verifiers, key=lambda v: v.cost):
+        results = pool.check_batch(verifier, [rows[i] for i in alive])
+        for index, verdict in zip(alive, results, strict=True):
+            verdicts[index].append(verdict)
+        alive = [i for i, v in zip(alive, results, strict=True) if v.passed]
+    return verdicts
+
+
+def _record(verdict: Verdict) -> dict[str, Any]:
+    where = "" if verdict.sandbox in (None, "bubblewrap") else f" [{verdict.sandbox} sandbox]"
+    return {
+        "verifier": verdict.verifier,
+        "passed": verdict.passed,
+        "detail": f"{verdict.status}{where}: {verdict.detail}",
+    }
+
+
+class Verify(Stage):
+    """Keep rows every verifier passes; `verified` and `verdicts` say what was checked."""
+
+    name = "verify"
+
+    def __init__(self, verifiers: list[Verifier], pool: VerifierPool) -> None:
+        super().__init__()
+        if not verifiers:
+            raise SynthkilnError("the verify stage needs at least one verifier")
+        self.checks, self.pool = verifiers, pool
+        self.verifiers = tuple(v.name for v in verifiers)
+        self.sandbox = pool.describe()
+
+    @classmethod
+    def from_config(cls, config: VerifyConfig) -> Verify:
+        verifiers = [build_verifier(v.name, v.model_dump()) for v in config.verifiers]
+        return cls(verifiers, build_pool(config))
+
+    def process(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+        rows = batch.to_pylist()
+        verdicts = verify_rows(self.pool, self.checks, rows)
+        failures = [next((v for v in row if not v.passed), None) for row in verdicts]
+        verified = [
+            failure is None and (row.get("verified") is not False)
+            for row, failure in zip(rows, failures, strict=True)
+        ]
+        recorded = [
+            [*(row.get("verdicts") or []), *map(_record, vs)] for row, vs in zip(rows, verdicts, strict=True)
+        ]
+        batch = _set(batch, "verified", pa.array(verified, pa.bool_()))
+        batch = _set(batch, "verdicts", pa.array(recorded, pa.list_(VERDICT)))
+        reasons = pa.array([None if f is None else f"{f.verifier}:{f.status}" for f in failures], pa.string())
+        details = pa.array([None if f is None else f.detail for f in failures], pa.string())
+        return self.split(batch, reasons, details)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _set(batch: pa.RecordBatch, name: str, values: pa.Array) -> pa.RecordBatch:
+    index = batch.schema.get_field_index(name)
+    if index < 0:
+        return batch.append_column(pa.field(name, values.type), values)
+    return batch.set_column(index, batch.schema.field(name), values)
+
+
+# -- corpus mode -------------------------------------------------------------------------------------
+
+
+@dataclass
+class VerifyReport:
+    rows: int = 0
+    passed: int = 0
+    failed: int = 0
+    by_reason: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+
+def verify_corpus(
+    inputs: list[Path], out_dir: Path, verifiers: list[Verifier], pool: VerifierPool, progress: bool = True
+) -> VerifyReport:
+    """Passing rows to `data/`, failing ones to `rejected/` with `verdict`, `reason` and `detail`."""
+    sources = iter_sources(inputs)
+    for source in sources:  # every input must be readable before anything is written
+        next(iter(source.batches(1)), None)
+    report = VerifyReport()
+    started = time.perf_counter()
+    for folder in ("data", "rejected"):
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+        for shard in (out_dir / folder).glob("part-*.parquet"):
+            shard.unlink()
+    with tqdm(desc="verify", unit="row", disable=not progress) as bar:
+        for number, source in enumerate(sources):
+            kept, rejected = [], []
+            for batch in source.batches(1024):
+                rows = batch.to_pylist()
+                for row, verdicts in zip(rows, verify_rows(pool, verifiers, rows), strict=True):
+                    failure = next((v for v in verdicts if not v.passed), None)
+                    records = [_record(v) for v in verdicts]
+                    if failure is None:
+                        kept.append({**row, "verdicts": records})
+                    else:
+                        reason = f"{failure.verifier}:{failure.status}"
+                        rejected.append({**row, "verdicts": records, "verdict": failure.status, "reason": reason,
+                                         "detail": failure.detail})  # fmt: skip
+                        report.by_reason[reason] += 1
+                report.rows += len(rows)
+                bar.update(len(rows))
+            for folder, part in (("data", kept), ("rejected", rejected)):
+                if part:
+                    write_parquet_atomic(
+                        pa.Table.from_pylist(part), out_dir / folder / f"part-{number:05d}.parquet"
+                    )
+            report.passed += len(kept)
+            report.failed += len(rejected)
+    report.seconds = time.perf_counter() - started
+    manifest = {
+        "format": "synthkiln-verify/1",
+        "inputs": [str(s.path) for s in sources],
+        "verifiers": [v.name for v in sorted(verifiers, key=lambda v: v.cost)],
+        "sandbox": pool.describe(),
+        "rows": report.rows, "passed": report.passed, "failed": report.failed,
+        "rejected_by": dict(report.by_reason), "seconds": round(report.seconds, 3),
+    }  # fmt: skip
+    write_text_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    return report

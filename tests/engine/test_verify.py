@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from synthkiln.engine import Pipeline
+from synthkiln.engine.answers import answers_match, extract_final_answer
+from synthkiln.engine.errors import SynthkilnError
+from synthkiln.engine.verify import Verify, build_verifier
+from synthkiln.verifiers import VerifierPool
+from tests.conftest import REPO, SHARED_BENCHMARKS, synthkiln_command
+
+
+@pytest.fixture(scope="module")
+def humaneval_rows() -> list[dict]:
+    path = SHARED_BENCHMARKS / "humaneval" / "HumanEval.jsonl.gz"
+    if not path.is_file():
+        pytest.skip(f"HumanEval not found at {path}")
+    with gzip.open(path, "rt") as handle:
+        problems = [json.loads(line) for line in handle][:24]
+    rows = []
+    for i, p in enumerate(problems):
+        body = p["canonical_solution"] if i % 3 else "    return None\n"
+        response = f"Here you go:\n```python\n{p['prompt']}{body}```\nDone."
+        rows.append(
+            {"id": p["task_id"], "response": response, "tests": p["test"], "entry_point": p["entry_point"]}
+        )
+    return rows
+
+
+def test_stage_keeps_what_passes_and_records_every_verdict(humaneval_rows) -> None:
+    verifiers = [
+        build_verifier("python-tests", {"code_field": "response"}),
+        build_verifier("length", {"min_words": 3, "field": "response"}),
+    ]
+    with VerifierPool(workers=2) as pool:
+        stage = Verify(verifiers, pool)
+        batch = pa.RecordBatch.from_pylist(humaneval_rows)
+        kept, rejected = stage.process(batch)
+    assert len(kept) == 16 and len(rejected) == 8
+    assert set(rejected.column("reason").to_pylist()) == {"python-tests:failed"}
+    assert all(kept.column("verified").to_pylist())
+    verdicts = kept.column("verdicts").to_pylist()[0]
+    assert [v["verifier"] for v in verdicts] == ["length", "python-tests"]  # cheapest first
+    assert all(v["passed"] for v in verdicts)
+    assert stage.verifiers == ("python-tests", "length") and stage.sandbox["sandbox"] == "bubblewrap"
+    assert stage.stats.rejected == {"python-tests:failed": 8}
+
+
+def test_bad_verifier_options_are_named() -> None:
+    with pytest.raises(SynthkilnError, match=r"python-tests: unknown option\(s\) \['code'\]"):
+        build_verifier("python-tests", {"code": "x"})
+    with pytest.raises(SynthkilnError, match="unknown verifier 'lint'"):
+        build_verifier("lint", {})
+    with pytest.raises(SynthkilnError, match="regex: error"):
+        build_verifier("regex", {"pattern": "(unclosed"})
+
+
+@pytest.mark.slow
+def test_pipeline_checks_maths_in_the_sandbox(tmp_path: Path, gsm8k_dir: Path, hf_teacher) -> None:
+    recipe = {
+        "name": "verify-maths",
+        "seeds": {"path": str(gsm8k_dir / "train.jsonl"), "limit": 4},
+        "task": {"kind": "reasoning"},
+        "sampling": {"temperature": 0.8, "max_tokens": 64},
+        "filters": {"unterminated": False},
+        "generation": {"samples_per_prompt": 2, "batch_size": 4},
+        "verify": {"verifiers": [{"name": "math"}], "workers": 2},
+        "dedup": {"enabled": False},
+    }
+    with Pipeline.from_recipe(recipe, teachers=[hf_teacher]) as pipeline:
+        # Verification alone (no regex reference check before it), so every sample reaches the sandbox.
+        pipeline.stages = [s for s in pipeline.stages if s.name == "verify"]
+        manifest = pipeline.run(tmp_path / "out", progress=False)
+    assert manifest["verifiers"] == ["math"] and manifest["sandbox"]["sandbox"] == "bubblewrap"
+    rows = pq.read_table(tmp_path / "out" / "rejected").to_pylist()
+    if manifest["funnel"]["accepted"]:
+        rows += pq.read_table(tmp_path / "out" / "data").to_pylist()
+    assert len(rows) == 8
+    for row in rows:
+        math = [v for v in row["verdicts"] if v["verifier"] == "math"]
+        assert len(math) == 1
+        plainly_equal = answers_match(extract_final_answer(row["response"]), row["reference"])
+        if plainly_equal:  # what plain number comparison accepts, the symbolic check must accept too
+            assert math[0]["passed"] and row["verified"] is True
+        assert math[0]["passed"] == (row.get("stage") is None)
+
+
+def test_cli_verify_writes_verdicts(tmp_path: Path, humaneval_rows) -> None:
+    source = tmp_path / "code.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in humaneval_rows))
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [*synthkiln_command(), "verify", str(source), "--out", str(out), "--verifier", "python-tests",
+         "--code-field", "response", "--quiet"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "rows 24  passed 16  failed 8" in done.stdout
+    rejected = pq.read_table(out / "rejected").to_pylist()
+    assert {r["verdict"] for r in rejected} == {"failed"} and all(
+        r["detail"].startswith("AssertionError") for r in rejected
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["passed"] == 16 and manifest["sandbox"]["sandbox"] == "bubblewrap"
+    assert pq.read_table(out / "data").num_rows == 16
+    missing = subprocess.run([*synthkiln_command(), "verify", str(source), "--out", str(out), "--verifier", "json-schema"],
+                             capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert missing.returncode == 2 and "needs --schema-file" in missing.stderr
+
