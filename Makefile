@@ -60,6 +60,7 @@ bench: model vllm-venv
 	$(PY) benchmarks/bench_minhash.py
 	$(PY) benchmarks/bench_dedup.py
 	$(PY) benchmarks/bench_decont.py
+	$(PY) benchmarks/bench_sandbox.py
 
 clean:
 	rm -rf $(VENV) $(CACHE) out

@@ -74,7 +74,7 @@ class VerifierPool:
             return job
         for attempt in range(2):
             execution = self.sandbox.run(
-                ["python", "-I", "-B", "harness.py", job.mode, RESULT_FD],
+                ["python", "-I", "-S", "-B", "harness.py", job.mode, RESULT_FD],
                 {"harness.py": self._harness},
                 job.stdin(),
             )
