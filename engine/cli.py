@@ -112,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("inputs", nargs="+", help="files (.jsonl, .jsonl.gz, .parquet) or directories")
     verify.add_argument("--out", required=True, help="output directory: data/, rejected/, manifest.json")
     verify.add_argument("--verifier", action="append", required=True, dest="verifiers",
-                        help="python-tests, stdio-tests, math, json-schema, regex, length (repeatable)")  # fmt: skip
+                        help="python-tests, stdio-tests, math, json-schema, regex, length, judge, reward-model, knowledge-base (repeatable)")  # fmt: skip
     for option, default, text in (
         ("--code-field", "code", "python-tests: the code"),
         ("--tests-field", "tests", "python-tests: test code run after it"),
@@ -125,6 +125,17 @@ def _parser() -> argparse.ArgumentParser:
     ):
         verify.add_argument(option, default=default, help=f"{text} (default: {default})")
     verify.add_argument("--schema-file", help="json-schema: the JSON Schema file")
+    verify.add_argument(
+        "--threshold", type=float, help="judge (score, default 7), reward-model (reward, default 0)"
+    )
+    verify.add_argument("--rubric", help="judge: what the judge is told to grade")
+    verify.add_argument(
+        "--reward-model", dest="model", help="reward-model: a sequence-classification model dir"
+    )
+    verify.add_argument("--facts", help="knowledge-base: facts (JSONL, Parquet, SQLite)")
+    verify.add_argument(
+        "--judge-model", default="embedded:smollm2", help="judge, knowledge-base: model (transformers)"
+    )
     verify.add_argument("--pattern", help="regex: the pattern that must match")
     verify.add_argument("--min-words", type=int, default=1, help="length: fewest words (default 1)")
     verify.add_argument("--max-words", type=int, help="length: most words")
@@ -314,12 +325,25 @@ def _verify(args: argparse.Namespace) -> int:
         "program_field": args.program_field, "cases_field": args.cases_field, "response_field": args.response_field,
         "reference_field": args.reference_field, "field": args.field, "schema_file": args.schema_file,
         "pattern": args.pattern, "min_words": args.min_words, "max_words": args.max_words,
+        "threshold": args.threshold, "rubric": args.rubric, "model": args.model, "facts": args.facts,
+        "teacher": {"backend": "transformers", "model": args.judge_model},
     }  # fmt: skip
-    needs = {"json-schema": "schema_file", "regex": "pattern"}
+    needs = {
+        "json-schema": "--schema-file",
+        "regex": "--pattern",
+        "reward-model": "--reward-model",
+        "knowledge-base": "--facts",
+    }
+    keys = {
+        "--schema-file": "schema_file",
+        "--pattern": "pattern",
+        "--reward-model": "model",
+        "--facts": "facts",
+    }
     verifiers = []
     for name in args.verifiers:
-        if name in needs and given[needs[name]] is None:
-            raise SynthkilnError(f"--verifier {name} needs --{needs[name].replace('_', '-')}")
+        if name in needs and given[keys[needs[name]]] is None:
+            raise SynthkilnError(f"--verifier {name} needs {needs[name]}")
         verifiers.append(build_verifier(name, _options_for(name, given)))
     config = VerifyConfig(sandbox=args.sandbox, workers=args.workers, wall_seconds=args.timeout)
     with build_pool(config) as pool:
@@ -341,12 +365,21 @@ def _options_for(name: str, given: dict[str, Any]) -> dict[str, Any]:
 
     from synthkiln.verifiers import VERIFIERS
 
-    accepted = set(inspect.signature(VERIFIERS[name]).parameters) | {"field", "schema_file"}
+    accepted = set(inspect.signature(VERIFIERS[name]).parameters) | {
+        "field",
+        "schema_file",
+        "teacher",
+        "threshold",
+    }
     options = {k: v for k, v in given.items() if k in accepted and v is not None}
     if "field_name" not in inspect.signature(VERIFIERS[name]).parameters:
         options.pop("field", None)
     if name != "json-schema":
         options.pop("schema_file", None)
+    if name not in ("judge", "knowledge-base"):
+        options.pop("teacher", None)
+    if name not in ("judge", "reward-model", "knowledge-base"):
+        options.pop("threshold", None)
     return options
 
 

@@ -277,13 +277,21 @@ class DecontaminateConfig(_Strict):
 
 
 class VerifierConfig(BaseModel):
-    """One verifier by name, with its options (see README: python-tests, stdio-tests, math, json-schema,
-    regex, length); options are checked when the stage is built."""
+    """One verifier by name, with its options (see README); options are checked when the stage is built.
+    `judge` and `knowledge-base` take `teacher` (a teacher table; default: the recipe's first)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    name: Literal["python-tests", "stdio-tests", "math", "json-schema", "regex", "length"] = Field(
-        description="Verifier name."
-    )
+    name: Literal[
+        "python-tests",
+        "stdio-tests",
+        "math",
+        "json-schema",
+        "regex",
+        "length",
+        "judge",
+        "reward-model",
+        "knowledge-base",
+    ] = Field(description="Verifier name.")
 
 
 class VerifyConfig(_Strict):

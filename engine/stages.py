@@ -213,7 +213,7 @@ def default_stages(recipe: Recipe) -> list[Stage]:
     if recipe.verify.verifiers:
         from synthkiln.engine.verify import Verify
 
-        stages.append(Verify.from_config(recipe.verify))
+        stages.append(Verify.from_config(recipe.verify, recipe.teachers[0].model_dump()))
     if recipe.generation.keep == "first":
         stages.append(FirstPerPrompt())
     if recipe.dedup.enabled:  # last: its index must hold exactly the accepted rows

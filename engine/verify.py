@@ -24,16 +24,25 @@ from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.schema import VERDICT
 from synthkiln.engine.stages import Stage
 from synthkiln.engine.writer import write_parquet_atomic, write_text_atomic
-from synthkiln.verifiers import VERIFIERS, Limits, SandboxUnavailable, Verdict, Verifier, VerifierPool
+from synthkiln.verifiers import VERIFIERS, Judge, Limits, SandboxUnavailable, Verdict, Verifier, VerifierPool
 
 _RENAMED = {"field": "field_name"}  # recipe/CLI spelling -> constructor argument
 
 
-def build_verifier(name: str, options: dict[str, Any]) -> Verifier:
-    """A verifier from its name and options (`schema_file` is read as JSON for json-schema)."""
+def build_verifier(
+    name: str, options: dict[str, Any], default_teacher: dict[str, Any] | None = None
+) -> Verifier:
+    """A verifier from its name and options (`schema_file` is read as JSON for json-schema; `teacher`, a
+    teacher table, becomes the judge of `judge` and `knowledge-base`)."""
     if name not in VERIFIERS:
         raise SynthkilnError(f"unknown verifier {name!r} (known: {', '.join(sorted(VERIFIERS))})")
     options = {_RENAMED.get(k, k): v for k, v in options.items() if k != "name"}
+    if name in ("judge", "knowledge-base"):
+        teacher = _teacher(options.pop("teacher", None) or default_teacher or {"backend": "transformers"})
+        if name == "judge":
+            options["teacher"] = teacher
+        else:
+            options["judge"] = Judge(teacher, threshold=options.pop("threshold", 7))
     if "schema_file" in options:
         path = Path(options.pop("schema_file"))
         try:
@@ -48,6 +57,18 @@ def build_verifier(name: str, options: dict[str, Any]) -> Verifier:
         return VERIFIERS[name](**options)
     except Exception as exc:  # a bad pattern or schema names itself here
         raise SynthkilnError(f"verifier {name}: {type(exc).__name__}: {exc}") from None
+
+
+def _teacher(config: dict[str, Any]) -> Any:
+    from pydantic import TypeAdapter, ValidationError
+
+    from synthkiln.engine.config import TeacherConfig
+    from synthkiln.engine.teachers import build_teacher
+
+    try:
+        return build_teacher(TypeAdapter(TeacherConfig).validate_python(config))
+    except ValidationError as exc:
+        raise SynthkilnError(f"judge teacher {config}: {exc.errors()[0]['msg']}") from None
 
 
 def build_pool(config: VerifyConfig) -> VerifierPool:
@@ -95,8 +116,8 @@ class Verify(Stage):
         self.sandbox = pool.describe()
 
     @classmethod
-    def from_config(cls, config: VerifyConfig) -> Verify:
-        verifiers = [build_verifier(v.name, v.model_dump()) for v in config.verifiers]
+    def from_config(cls, config: VerifyConfig, default_teacher: dict[str, Any] | None = None) -> Verify:
+        verifiers = [build_verifier(v.name, v.model_dump(), default_teacher) for v in config.verifiers]
         return cls(verifiers, build_pool(config))
 
     def process(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch]:
@@ -118,6 +139,8 @@ class Verify(Stage):
 
     def close(self) -> None:
         self.pool.close()
+        for verifier in self.checks:
+            verifier.close()
 
 
 def _set(batch: pa.RecordBatch, name: str, values: pa.Array) -> pa.RecordBatch:

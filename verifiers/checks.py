@@ -55,7 +55,14 @@ class Job:
 
 class Verifier(ABC):
     name: str
-    cost = 1  # in-process checks 0, sandboxed jobs 1: cheap ones run first and short-circuit
+    cost = 1  # in-process checks 0, sandboxed jobs 1, models 2: cheap ones run first and short-circuit
+    batched = False  # True: `verdicts(rows)` judges a whole batch in this process (models)
+
+    def verdicts(self, rows: list[dict[str, Any]]) -> list[Verdict]:
+        return [self.job(row) for row in rows]  # type: ignore[misc]
+
+    def close(self) -> None:  # noqa: B027 (optional hook: only model verifiers hold anything)
+        """Release models and the like."""
 
     @abstractmethod
     def job(self, row: dict[str, Any]) -> Job | Verdict:
@@ -304,6 +311,6 @@ class Length(Verifier):
         return self._verdict("passed", f"{words} words")
 
 
-VERIFIERS: dict[str, type[Verifier]] = {
+CHECKS: dict[str, type[Verifier]] = {
     v.name: v for v in (PythonTests, StdioTests, MathAnswer, JsonSchema, Regex, Length)
 }

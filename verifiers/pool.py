@@ -48,10 +48,14 @@ class VerifierPool:
         return future
 
     def check_batch(self, verifier: Verifier, rows: Sequence[dict[str, Any]]) -> list[Verdict]:
+        if verifier.batched:  # models judge a batch at once, in this process
+            return verifier.verdicts(list(rows))
         return [future.result() for future in [self.submit(verifier, row) for row in rows]]
 
     async def check(self, verifier: Verifier, row: dict[str, Any]) -> Verdict:
         """Await one check from asyncio code (the event loop is never blocked on the sandbox)."""
+        if verifier.batched:
+            return (await asyncio.to_thread(verifier.verdicts, [row]))[0]
         return await asyncio.wrap_future(await asyncio.to_thread(self.submit, verifier, row))
 
     def close(self) -> None:

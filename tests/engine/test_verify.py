@@ -113,4 +113,3 @@ def test_cli_verify_writes_verdicts(tmp_path: Path, humaneval_rows) -> None:
     missing = subprocess.run([*synthkiln_command(), "verify", str(source), "--out", str(out), "--verifier", "json-schema"],
                              capture_output=True, text=True, cwd=REPO)  # fmt: skip
     assert missing.returncode == 2 and "needs --schema-file" in missing.stderr
-
