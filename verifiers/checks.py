@@ -20,6 +20,7 @@ from synthkiln.verifiers.sandbox import Execution
 
 Status = Literal["passed", "failed", "timeout", "error", "blocked"]
 HARNESS = Path(__file__).with_name("harness.py")
+MAX_SOURCE_CHARS = 1 << 20  # larger code is `blocked`: never sent to the sandbox
 
 
 @dataclass
@@ -70,14 +71,17 @@ class Verifier(ABC):
 
     def decide(self, row: dict[str, Any], job: Job, execution: Execution) -> Verdict:
         """Turn the job's execution into a verdict (timeouts and missing reports handled here)."""
+        report = self.report(job, execution)
+        if isinstance(report, Verdict):
+            return report
+        return self.judge(row, report, execution, (execution.stdout + execution.stderr)[-2000:])
+
+    def report(self, job: Job, execution: Execution) -> dict[str, Any] | Verdict:
+        """The job's valid report, or the verdict that there is none (timeout, early exit, harness error)."""
         output = (execution.stdout + execution.stderr)[-2000:]
         if execution.timed_out:
-            return self._verdict(
-                "timeout",
-                f"no result within the wall-clock limit ({execution.seconds:.1f} s)",
-                execution,
-                output,
-            )
+            limit = f"no result within the wall-clock limit ({execution.seconds:.1f} s)"
+            return self._verdict("timeout", limit, execution, output)
         report = _report(execution.result, job.nonce)
         if report is None:
             how = (
@@ -88,7 +92,16 @@ class Verifier(ABC):
             return self._verdict("failed", f"the job ended without a valid report ({how})", execution, output)
         if "harness_error" in report:
             return self._verdict("error", report["harness_error"], execution, output)
-        return self.judge(row, report, execution, output)
+        return report
+
+    rows_per_job = 1  # > 1: `group` packs that many rows into one sandboxed job (start-up paid once)
+
+    def group(self, rows: list[dict[str, Any]]) -> tuple[list[Verdict | None], Job | None]:
+        """Verdicts decided without running (None elsewhere), and one job for the other rows."""
+        raise NotImplementedError(f"{self.name} checks one row per job")
+
+    def decide_group(self, rows: list[dict[str, Any]], job: Job, execution: Execution) -> list[Verdict]:
+        raise NotImplementedError(f"{self.name} checks one row per job")
 
     def judge(
         self, row: dict[str, Any], report: dict[str, Any], execution: Execution, output: str
@@ -144,6 +157,8 @@ class PythonTests(Verifier):
         except KeyError as missing:
             return self._verdict("failed", f"no {missing.args[0]!r} field")
         entry_point = row.get(self.entry_point_field) if self.entry_point_field else None
+        if len(code) + len(tests) > MAX_SOURCE_CHARS:
+            return self._verdict("blocked", f"{len(code) + len(tests)} characters of code and tests: not run")
         return Job("python-tests", {"code": code_block(code), "tests": tests, "entry_point": entry_point})
 
     def judge(
@@ -176,6 +191,8 @@ class StdioTests(Verifier):
             program, cases = code_block(_field(row, self.program_field)), _field(row, self.cases_field)
         except KeyError as missing:
             return self._verdict("failed", f"no {missing.args[0]!r} field")
+        if len(program) > MAX_SOURCE_CHARS:
+            return self._verdict("blocked", f"a program of {len(program)} characters: not run")
         if isinstance(cases, str):
             cases = json.loads(cases)
         if not cases or not all(isinstance(c, dict) and "input" in c and "output" in c for c in cases):
@@ -210,33 +227,57 @@ def _lines(text: str) -> list[str]:
 
 
 class MathAnswer(Verifier):
-    """The final answer (extracted here with regular expressions only) equals the reference, per math-verify."""
+    """The final answer (extracted here with regular expressions only) equals the reference, per math-verify.
+
+    Up to `rows_per_job` answers share one sandboxed job: importing math-verify and sympy costs ~0.4 s.
+    """
 
     name = "math"
+    rows_per_job = 64
 
     def __init__(self, response_field: str = "response", reference_field: str = "reference") -> None:
         self.response_field, self.reference_field = response_field, reference_field
 
     def job(self, row: dict[str, Any]) -> Job | Verdict:
+        decided, job = self.group([row])
+        return decided[0] or job  # type: ignore[return-value]
+
+    def group(self, rows: list[dict[str, Any]]) -> tuple[list[Verdict | None], Job | None]:
         from synthkiln.engine.answers import extract_final_answer
 
-        try:
-            response, reference = _field(row, self.response_field), _field(row, self.reference_field)
-        except KeyError as missing:
-            return self._verdict("failed", f"no {missing.args[0]!r} field")
-        answer = extract_final_answer(response)
-        if answer is None:
-            return self._verdict("failed", "no final answer found")
+        decided: list[Verdict | None] = []
+        pairs = []
+        for row in rows:
+            try:
+                response, reference = _field(row, self.response_field), _field(row, self.reference_field)
+            except KeyError as missing:
+                decided.append(self._verdict("failed", f"no {missing.args[0]!r} field"))
+                continue
+            answer = extract_final_answer(response)
+            decided.append(None if answer is not None else self._verdict("failed", "no final answer found"))
+            if answer is not None:
+                pairs.append([answer, str(reference)])
+        if not pairs:
+            return decided, None
         import math_verify
 
         site = str(Path(math_verify.__file__).resolve().parents[1])
-        return Job("math", {"answer": answer, "reference": str(reference), "site_packages": site})
+        return decided, Job("math", {"pairs": pairs, "site_packages": site})
 
     def judge(
         self, row: dict[str, Any], report: dict[str, Any], execution: Execution, output: str
     ) -> Verdict:
-        gold, answer = report.get("parsed", ["?", "?"])
-        status: Status = "passed" if report.get("equal") else "failed"
+        return self._result(report["results"][0], execution)
+
+    def decide_group(self, rows: list[dict[str, Any]], job: Job, execution: Execution) -> list[Verdict]:
+        report = self.report(job, execution)
+        if isinstance(report, Verdict):
+            return [report for _ in rows]
+        return [self._result(result, execution) for result in report["results"]]
+
+    def _result(self, result: dict[str, Any], execution: Execution) -> Verdict:
+        gold, answer = result.get("parsed", ["?", "?"])
+        status: Status = "passed" if result.get("equal") else "failed"
         return self._verdict(status, f"answer {answer} vs reference {gold}", execution)
 
 

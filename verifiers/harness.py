@@ -115,16 +115,21 @@ def stdio_tests(job: dict) -> dict:
 
 
 def math_equal(job: dict) -> dict:
-    """math-verify (sympy underneath) decides equality; parsing is evaluation, hence here."""
+    """math-verify (sympy underneath) decides equality of each (answer, reference) pair; parsing is
+    evaluation, hence here. Its own per-call timeouts keep one pathological answer from taking the rest."""
     sys.path.append(job["site_packages"])
     from math_verify import parse, verify
 
     def parsed(text: str):
         # Plain numbers and expressions too, not only LaTeX between dollars.
-        return parse(text if "$" in text else f"${text}$")
+        return parse(text if "$" in text else f"${text}$", parsing_timeout=2)
 
-    gold, answer = parsed(job["reference"]), parsed(job["answer"])
-    return {"equal": bool(gold and answer and verify(gold, answer)), "parsed": [str(gold), str(answer)]}
+    results = []
+    for answer, reference in job["pairs"]:
+        gold, guess = parsed(reference), parsed(answer)
+        equal = bool(gold and guess and verify(gold, guess, timeout_seconds=2))
+        results.append({"equal": equal, "parsed": [str(gold), str(guess)]})
+    return {"results": results}
 
 
 MODES = {"python-tests": python_tests, "stdio-tests": stdio_tests, "math": math_equal}

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from synthkiln.verifiers.checks import HARNESS, Verdict, Verifier
-from synthkiln.verifiers.sandbox import RESULT_FD, Limits, Mode, Sandbox
+from synthkiln.verifiers.checks import HARNESS, Job, Verdict, Verifier
+from synthkiln.verifiers.sandbox import RESULT_FD, Execution, Limits, Mode, Sandbox
 
 
 class VerifierPool:
@@ -50,6 +50,11 @@ class VerifierPool:
     def check_batch(self, verifier: Verifier, rows: Sequence[dict[str, Any]]) -> list[Verdict]:
         if verifier.batched:  # models judge a batch at once, in this process
             return verifier.verdicts(list(rows))
+        if verifier.rows_per_job > 1 and len(rows) > 1:
+            size = verifier.rows_per_job
+            groups = [list(rows[i : i + size]) for i in range(0, len(rows), size)]
+            futures = [self._executor.submit(self._check_group, verifier, group) for group in groups]
+            return [verdict for future in futures for verdict in future.result()]
         return [future.result() for future in [self.submit(verifier, row) for row in rows]]
 
     async def check(self, verifier: Verifier, row: dict[str, Any]) -> Verdict:
@@ -76,6 +81,32 @@ class VerifierPool:
             return Verdict(verifier.name, "error", f"{type(exc).__name__}: {exc}"[:300])
         if isinstance(job, Verdict):
             return job
+        execution = self._run(job)
+        if isinstance(execution, str):
+            return Verdict(verifier.name, "error", execution, sandbox=self.sandbox.mode)
+        verdict = verifier.decide(row, job, execution)
+        verdict.sandbox = self.sandbox.mode
+        return verdict
+
+    def _check_group(self, verifier: Verifier, rows: list[dict[str, Any]]) -> list[Verdict]:
+        decided, job = verifier.group(rows)
+        pending = [i for i, verdict in enumerate(decided) if verdict is None]
+        if job is None:
+            return decided  # type: ignore[return-value]
+        execution = self._run(job)
+        if isinstance(execution, str) or (execution.timed_out and len(pending) > 1):
+            # one pathological row must not fail the others: they are checked one by one
+            verdicts = [self._check(verifier, rows[i]) for i in pending]
+        else:
+            verdicts = verifier.decide_group([rows[i] for i in pending], job, execution)
+            for verdict in verdicts:
+                verdict.sandbox = self.sandbox.mode
+        for index, verdict in zip(pending, verdicts, strict=True):
+            decided[index] = verdict
+        return decided  # type: ignore[return-value]
+
+    def _run(self, job: Job) -> Execution | str:
+        """The job's execution, starting the sandbox a second time if it failed to start; else why not."""
         for attempt in range(2):
             execution = self.sandbox.run(
                 ["python", "-I", "-S", "-B", "harness.py", job.mode, RESULT_FD],
@@ -83,11 +114,6 @@ class VerifierPool:
                 job.stdin(),
             )
             if execution.sandbox_error is None:
-                break
+                return execution
             self.retried += attempt == 0
-        else:
-            return Verdict(verifier.name, "error", f"sandbox failed twice: {execution.sandbox_error}"[:300],
-                           execution.seconds, sandbox=self.sandbox.mode)  # fmt: skip
-        verdict = verifier.decide(row, job, execution)
-        verdict.sandbox = self.sandbox.mode
-        return verdict
+        return f"sandbox failed twice: {execution.sandbox_error}"[:300]
