@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from synthkiln.verifiers.sandbox import Execution
+from synthkiln.verifiers.sandbox import Execution, readable
 
 Status = Literal["passed", "failed", "timeout", "error", "blocked"]
 HARNESS = Path(__file__).with_name("harness.py")
@@ -47,6 +47,7 @@ class Job:
 
     mode: str
     payload: dict[str, Any]
+    mounts: dict[str, str] = field(default_factory=dict)  # name in the work dir -> host directory (read-only)
     nonce: str = field(default_factory=lambda: secrets.token_hex(16))
 
     def stdin(self) -> bytes:
@@ -261,8 +262,10 @@ class MathAnswer(Verifier):
             return decided, None
         import math_verify
 
-        site = str(Path(math_verify.__file__).resolve().parents[1])
-        return decided, Job("math", {"pairs": pairs, "site_packages": site})
+        site = readable(
+            Path(math_verify.__file__).resolve().parents[1], ["math-verify", "antlr4-python3-runtime"]
+        )
+        return decided, Job("math", {"pairs": pairs, "site_packages": "site"}, mounts={"site": str(site)})
 
     def judge(
         self, row: dict[str, Any], report: dict[str, Any], execution: Execution, output: str

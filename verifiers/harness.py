@@ -117,7 +117,7 @@ def stdio_tests(job: dict) -> dict:
 def math_equal(job: dict) -> dict:
     """math-verify (sympy underneath) decides equality of each (answer, reference) pair; parsing is
     evaluation, hence here. Its own per-call timeouts keep one pathological answer from taking the rest."""
-    sys.path.append(job["site_packages"])
+    sys.path.append(os.path.abspath(job["site_packages"]))  # mounted read-only in the work dir
     from math_verify import parse, verify
 
     def parsed(text: str):

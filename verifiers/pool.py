@@ -112,6 +112,7 @@ class VerifierPool:
                 ["python", "-I", "-S", "-B", "harness.py", job.mode, RESULT_FD],
                 {"harness.py": self._harness},
                 job.stdin(),
+                mounts=job.mounts,
             )
             if execution.sandbox_error is None:
                 return execution

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
+import re
 import select
 import shutil
 import signal
@@ -104,9 +106,15 @@ class Sandbox:
         return {"sandbox": self.mode, "python": self.python, "limits": asdict(self.limits)}
 
     def run(
-        self, argv: list[str], files: dict[str, bytes | str], stdin: bytes = b"", limits: Limits | None = None
+        self,
+        argv: list[str],
+        files: dict[str, bytes | str],
+        stdin: bytes = b"",
+        limits: Limits | None = None,
+        mounts: dict[str, str] | None = None,
     ) -> Execution:
-        """Run `argv` ("python" stands for the sandbox's interpreter) in a fresh work dir holding `files`."""
+        """Run `argv` ("python" stands for the sandbox's interpreter) in a fresh work dir holding `files`,
+        with each host directory of `mounts` visible read-only under its name in the work dir."""
         limits = limits or self.limits
         host = Path(tempfile.mkdtemp(prefix="synthkiln-job-"))
         try:
@@ -115,13 +123,20 @@ class Sandbox:
             out.mkdir(mode=0o700)
             for name, content in files.items():
                 (work / name).write_bytes(content.encode() if isinstance(content, str) else content)
+            for name, directory in (mounts or {}).items():
+                if self.mode == "bubblewrap":
+                    (work / name).mkdir()  # the mount point
+                else:
+                    (work / name).symlink_to(directory)  # readable only where uid nobody may traverse
             os.chown(work, NOBODY_UID, NOBODY_GID)
             os.chmod(host, 0o711)
-            return self._execute(argv, work, out, stdin, limits)
+            return self._execute(argv, work, out, stdin, limits, mounts or {})
         finally:
             shutil.rmtree(host, ignore_errors=True)
 
-    def _execute(self, argv: list[str], work: Path, out: Path, stdin: bytes, limits: Limits) -> Execution:
+    def _execute(
+        self, argv: list[str], work: Path, out: Path, stdin: bytes, limits: Limits, mounts: dict[str, str]
+    ) -> Execution:
         result_read, result_write = os.pipe()
         argv = [{"python": self.python, RESULT_FD: str(result_write)}.get(a, a) for a in argv]
         inner = [
@@ -132,12 +147,15 @@ class Sandbox:
         cwd: str | None = None
         if self.mode == "bubblewrap":
             keep.append(_pipe_holding(self._seccomp))
+            binds = []
+            for name, directory in mounts.items():  # uid nobody must be able to reach them: see `readable`
+                binds += ["--ro-bind", directory, f"{WORK}/{name}"]
             command = [
                 "bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
                 "--new-session", "--ro-bind", "/", "/", "--tmpfs", "/tmp", "--bind", str(work), WORK,
                 "--chdir", WORK, "--proc", "/proc", "--dev", "/dev", "--clearenv",
                 "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", WORK, "--cap-drop", "ALL",
-                "--seccomp", str(keep[1]), "--", *inner,
+                *binds, "--seccomp", str(keep[1]), "--", *inner,
             ]  # fmt: skip
         else:
             command, cwd = inner, str(work)
@@ -218,6 +236,59 @@ def _kill_group(process: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)  # the whole session: bwrap, the job, anything it forked
     process.wait()
+
+
+def readable(directory: Path, distributions: list[str]) -> Path:
+    """`directory` if uid nobody can read it, else a world-readable mirror of the files of
+    `distributions` (and what they require), made once per set of versions under the temp dir.
+
+    A checkout under /root, or made by `mktemp -d` (mode 0700), hides its venv from uid nobody.
+    """
+    if _world_readable(directory):
+        return directory
+    from importlib import metadata
+
+    names, seen, missing = list(distributions), {}, set()
+    while names:
+        name = re.match(r"[A-Za-z0-9_.-]+", names.pop()).group(0).lower().replace("_", "-")  # type: ignore[union-attr]
+        if name in seen or name in missing:
+            continue
+        try:
+            seen[name] = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            missing.add(name)  # an optional extra that is not installed
+            continue
+        names += [r for r in metadata.requires(name) or [] if "extra ==" not in r]  # extras: named explicitly
+    versions = ",".join(sorted(f"{n}={d.version}" for n, d in seen.items()))
+    mirror = (
+        Path(tempfile.gettempdir()) / f"synthkiln-site-{hashlib.sha256(versions.encode()).hexdigest()[:16]}"
+    )
+    if mirror.is_dir():
+        return mirror
+    staging = Path(tempfile.mkdtemp(prefix=".synthkiln-site-", dir=mirror.parent))
+    for distribution in seen.values():
+        for file in distribution.files or []:
+            source = Path(distribution.locate_file(file))
+            if source.is_file() and not str(file).startswith(".."):
+                target = staging / file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)  # keeps mtimes, so the compiled .pyc files stay valid
+    for path in [staging, *staging.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    try:
+        staging.rename(mirror)
+    except OSError:  # another process made it first
+        shutil.rmtree(staging, ignore_errors=True)
+    return mirror
+
+
+def _world_readable(directory: Path) -> bool:
+    """Others may traverse every ancestor and read the directory itself."""
+    try:
+        ancestors_open = all(p.stat().st_mode & 0o001 for p in directory.parents)
+        return ancestors_open and directory.stat().st_mode & 0o005 == 0o005
+    except OSError:
+        return False
 
 
 def _head(path: Path, limit: int) -> tuple[str, bool]:

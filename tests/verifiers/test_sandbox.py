@@ -14,6 +14,7 @@ import pytest
 
 from synthkiln.verifiers import Limits, Sandbox, SandboxUnavailable, VerifierPool
 from synthkiln.verifiers.checks import PythonTests
+from synthkiln.verifiers.sandbox import readable
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +167,19 @@ def test_sandbox_refuses_without_bubblewrap(monkeypatch) -> None:
     assert weaker.describe()["sandbox"] == "rlimits-only"
     with pytest.raises(SandboxUnavailable, match="/no/python"):
         Sandbox("rlimits-only", python="/no/python")
+
+
+def test_packages_under_a_private_directory_are_mirrored_for_nobody(tmp_path: Path) -> None:
+    private = tmp_path / "site"
+    private.mkdir()
+    tmp_path.chmod(0o700)
+    mirror = readable(private, ["math-verify", "antlr4-python3-runtime"])
+    assert mirror != private and (mirror / "math_verify" / "__init__.py").is_file()
+    assert readable(private, ["math-verify", "antlr4-python3-runtime"]) == mirror  # made once
+    assert readable(mirror, ["math-verify"]) == mirror  # world-readable: used as it is
+    sandbox = Sandbox()
+    execution = sandbox.run(
+        ["python", "-I", "-S", "-c", "import sys; sys.path.append('site'); import math_verify; print('imported')"],
+        {}, mounts={"site": str(mirror)},
+    )  # fmt: skip
+    assert execution.stdout.strip() == "imported", execution.stderr
