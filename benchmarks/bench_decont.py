@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-from common import GSM8K, save_report
+from common import GSM8K, best_of, save_report
 from ngram_baseline import NgramBaseline
 
 from synthkiln.engine.config import BenchmarkConfig, DecontaminateConfig
@@ -43,15 +43,6 @@ def documents(rows: list[dict], planted: list[str], count: int = 5_000, size: in
         docs.append(doc)
         position += size
     return docs
-
-
-def best_of(runs: int, function) -> float:
-    timings = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        function()
-        timings.append(time.perf_counter() - started)
-    return min(timings)
 
 
 def main() -> None:

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import numpy as np
 import pyarrow as pa
-from common import GSM8K, save_report
+from common import GSM8K, best_of, save_report
 
 from synthkiln.kernels.minhash import minhash_signatures, set_threads, shingle_hashes, signatures_from_hashes
 
@@ -38,15 +37,6 @@ def documents(count: int = 20_000, size: int = 2_000) -> list[str]:
 def python_shingles(text: str) -> list[str]:
     words = text.lower().split()
     return [" ".join(words[i : i + NGRAM]) for i in range(max(1, len(words) - NGRAM + 1))]
-
-
-def best_of(runs: int, function) -> float:
-    timings = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        function()
-        timings.append(time.perf_counter() - started)
-    return min(timings)
 
 
 def main() -> None:

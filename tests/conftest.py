@@ -23,6 +23,39 @@ def synthkiln_command(python: str = sys.executable) -> list[str]:
     return [python, "-m", "synthkiln.engine.cli"]
 
 
+def run_triton_script(script: str, *args: str) -> dict:
+    """Run `script` in a fresh interpreter: Triton's interpreter on CPU (TRITON_INTERPRET must be set
+    before triton is imported), natively where CUDA is present. Returns its last stdout line as JSON."""
+    import json
+    import subprocess
+
+    env = dict(os.environ)
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            env["TRITON_INTERPRET"] = "1"
+    except ImportError:
+        env["TRITON_INTERPRET"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def humaneval_problems() -> list[dict]:
+    import gzip
+    import json
+
+    path = SHARED_BENCHMARKS / "humaneval" / "HumanEval.jsonl.gz"
+    if not path.is_file():
+        pytest.skip(f"HumanEval not found at {path} (expected ../shared/benchmarks/humaneval)")
+    with gzip.open(path, "rt") as handle:
+        return [json.loads(line) for line in handle]
+
+
 @pytest.fixture(scope="session")
 def gsm8k_dir() -> Path:
     directory = SHARED_BENCHMARKS / "gsm8k"

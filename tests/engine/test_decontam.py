@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import gzip
 import json
 import random
 import re
@@ -39,11 +38,6 @@ def humaneval_path() -> Path:
     if not path.is_file():
         pytest.skip(f"HumanEval not found at {path}")
     return path
-
-
-def read_humaneval(path: Path) -> list[dict]:
-    with gzip.open(path, "rt") as handle:
-        return [json.loads(line) for line in handle]
 
 
 # -- measured quality: planted benchmark items ------------------------------------------------------
@@ -98,9 +92,11 @@ def test_gsm8k_questions_planted_in_train_text(gsm8k_dir: Path) -> None:
     assert false_positives <= 0.005
 
 
-def test_humaneval_prompts_planted_in_code_answers(humaneval_path: Path) -> None:
+def test_humaneval_prompts_planted_in_code_answers(
+    humaneval_path: Path, humaneval_problems: list[dict]
+) -> None:
     rng = random.Random(1)
-    problems = read_humaneval(humaneval_path)
+    problems = humaneval_problems
 
     def answer(prompt: str, problem: dict) -> str:
         return (
@@ -249,10 +245,10 @@ def test_stage_rejects_contaminated_rows_with_the_match(gsm8k_dir: Path) -> None
 
 
 def test_cli_writes_data_rejected_and_per_benchmark_summary(
-    tmp_path: Path, gsm8k_dir: Path, humaneval_path: Path
+    tmp_path: Path, gsm8k_dir: Path, humaneval_path: Path, humaneval_problems: list[dict]
 ) -> None:
     test = [json.loads(line) for line in (gsm8k_dir / "test.jsonl").read_text().splitlines()]
-    problems = read_humaneval(humaneval_path)
+    problems = humaneval_problems
     train = [json.loads(line) for line in (gsm8k_dir / "train.jsonl").read_text().splitlines()[:300]]
     rows = [{"text": f"{r['question']} {r['answer']}", "n": i} for i, r in enumerate(train)]
     rows[10]["text"] += " " + test[3]["question"]

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import gzip
 import json
 import subprocess
 from pathlib import Path
@@ -14,16 +13,12 @@ from synthkiln.engine.answers import answers_match, extract_final_answer
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.verify import Verify, build_verifier
 from synthkiln.verifiers import VerifierPool
-from tests.conftest import REPO, SHARED_BENCHMARKS, synthkiln_command
+from tests.conftest import REPO, synthkiln_command
 
 
 @pytest.fixture(scope="module")
-def humaneval_rows() -> list[dict]:
-    path = SHARED_BENCHMARKS / "humaneval" / "HumanEval.jsonl.gz"
-    if not path.is_file():
-        pytest.skip(f"HumanEval not found at {path}")
-    with gzip.open(path, "rt") as handle:
-        problems = [json.loads(line) for line in handle][:24]
+def humaneval_rows(humaneval_problems) -> list[dict]:
+    problems = humaneval_problems[:24]
     rows = []
     for i, p in enumerate(problems):
         body = p["canonical_solution"] if i % 3 else "    return None\n"

@@ -3,14 +3,9 @@ TRITON_INTERPRET must be set before triton is imported) and natively where CUDA 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import run_triton_script
 
 pytest.importorskip("triton", reason="triton is installed by `make test`")
 
@@ -45,17 +40,5 @@ print(json.dumps({"checked": checked}))
 
 @pytest.mark.slow
 def test_triton_matches_numba_bit_for_bit(gsm8k_dir) -> None:
-    env = dict(os.environ)
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            env["TRITON_INTERPRET"] = "1"
-    except ImportError:
-        env["TRITON_INTERPRET"] = "1"
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(gsm8k_dir / "train.jsonl")],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1])["checked"] == 17 * (128 + 100 + 64)
+    result = run_triton_script(SCRIPT, str(gsm8k_dir / "train.jsonl"))
+    assert result["checked"] == 17 * (128 + 100 + 64)

@@ -3,14 +3,9 @@ must be set before triton is imported; natively where CUDA is present)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import run_triton_script
 
 pytest.importorskip("triton", reason="triton is installed by `make test`")
 
@@ -41,18 +36,5 @@ print(json.dumps({"hits": len(numba), "whole": int((numba.span != n).sum())}))
 
 @pytest.mark.slow
 def test_triton_probe_matches_numba(gsm8k_dir) -> None:
-    env = dict(os.environ)
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            env["TRITON_INTERPRET"] = "1"
-    except ImportError:
-        env["TRITON_INTERPRET"] = "1"
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(gsm8k_dir / "train.jsonl")],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_triton_script(SCRIPT, str(gsm8k_dir / "train.jsonl"))
     assert result["hits"] > 100 and result["whole"] >= 8  # both passes found something to compare

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import re
 import threading
@@ -11,7 +10,6 @@ import pytest
 
 from synthkiln.verifiers import Limits, VerifierPool
 from synthkiln.verifiers.checks import JsonSchema, Length, MathAnswer, PythonTests, Regex, StdioTests
-from tests.conftest import SHARED_BENCHMARKS
 
 
 @pytest.fixture(scope="module")
@@ -20,30 +18,23 @@ def pool():
         yield pool
 
 
-@pytest.fixture(scope="module")
-def humaneval() -> list[dict]:
-    path = SHARED_BENCHMARKS / "humaneval" / "HumanEval.jsonl.gz"
-    if not path.is_file():
-        pytest.skip(f"HumanEval not found at {path}")
-    with gzip.open(path, "rt") as handle:
-        return [json.loads(line) for line in handle]
-
-
 def as_row(problem: dict, body: str | None = None) -> dict:
     code = problem["prompt"] + (problem["canonical_solution"] if body is None else body)
     return {"code": code, "tests": problem["test"], "entry_point": problem["entry_point"]}
 
 
-def test_every_humaneval_canonical_solution_passes(pool, humaneval) -> None:
-    verdicts = pool.check_batch(PythonTests(), [as_row(p) for p in humaneval])
-    failing = [(p["task_id"], v.detail) for p, v in zip(humaneval, verdicts, strict=True) if not v.passed]
+def test_every_humaneval_canonical_solution_passes(pool, humaneval_problems) -> None:
+    verdicts = pool.check_batch(PythonTests(), [as_row(p) for p in humaneval_problems])
+    failing = [
+        (p["task_id"], v.detail) for p, v in zip(humaneval_problems, verdicts, strict=True) if not v.passed
+    ]
     assert failing == []
     assert all(v.sandbox == "bubblewrap" and v.seconds > 0 for v in verdicts)
 
 
-def test_every_humaneval_solution_returning_none_fails(pool, humaneval) -> None:
-    verdicts = pool.check_batch(PythonTests(), [as_row(p, "    return None\n") for p in humaneval])
-    passing = [p["task_id"] for p, v in zip(humaneval, verdicts, strict=True) if v.passed]
+def test_every_humaneval_solution_returning_none_fails(pool, humaneval_problems) -> None:
+    verdicts = pool.check_batch(PythonTests(), [as_row(p, "    return None\n") for p in humaneval_problems])
+    passing = [p["task_id"] for p, v in zip(humaneval_problems, verdicts, strict=True) if v.passed]
     assert passing == []
     assert all(v.status == "failed" for v in verdicts)
 
