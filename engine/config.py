@@ -64,6 +64,10 @@ class _TaskBase(_Strict):
         default_factory=list, description="Difficulty levels rotated over prompts."
     )
     prompts_per_seed: int = Field(1, ge=1, description="Prompts rendered per seed row (rotation steps).")
+    carry_fields: list[str] = Field(
+        default_factory=list,
+        description="Seed fields copied onto every row (`seed_fields`), e.g. tests a verifier runs.",
+    )
 
     @model_validator(mode="after")
     def _one_template(self) -> _TaskBase:

@@ -37,6 +37,7 @@ ROW_SCHEMA = pa.schema(
         pa.field("seed_source", pa.string()),
         pa.field("seed_row", pa.int64()),
         pa.field("lineage_depth", pa.int32()),
+        pa.field("seed_fields", pa.map_(pa.string(), pa.string())),  # task.carry_fields of the seed row
         pa.field("source", pa.string()),  # "synthetic" here; "human" for rows mixed in later
     ]
 )

@@ -50,6 +50,7 @@ class Prompt:
     seed_source: str
     seed_row: int
     lineage_depth: int
+    seed_fields: dict[str, str] | None = None  # `carry_fields` of the seed row
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,17 @@ class Task:
         messages = [{"role": "system", "content": self.config.system}] if self.config.system else []
         messages.append({"role": "user", "content": user})
         reference = self._reference(seed.fields or {})
-        identity = json.dumps([self.kind, self.template_hash, messages, reference], sort_keys=True)
         fields = seed.fields or {}
+        carried = None
+        if self.config.carry_fields:
+            missing = [name for name in self.config.carry_fields if fields.get(name) is None]
+            if missing:
+                raise SeedRowError(f"field '{missing[0]}' (in task.carry_fields) is missing")
+            carried = {
+                name: fields[name] if isinstance(fields[name], str) else json.dumps(fields[name])
+                for name in self.config.carry_fields
+            }
+        identity = json.dumps([self.kind, self.template_hash, messages, reference, carried], sort_keys=True)
         return Prompt(
             prompt_id=hashlib.sha256(identity.encode()).hexdigest()[:16],
             messages=messages,
@@ -147,6 +157,7 @@ class Task:
             seed_source=seed.source,
             seed_row=seed.row,
             lineage_depth=int(fields.get("lineage_depth") or 0) + 1,
+            seed_fields=carried,
         )
 
 

@@ -134,9 +134,15 @@ def _report(raw: bytes, nonce: str) -> dict[str, Any] | None:
 
 
 def _field(row: dict[str, Any], name: str) -> Any:
-    if row.get(name) is None:
+    """`row[name]`; a dotted name reaches into a mapping (`seed_fields.test`: a map column's entry)."""
+    value: Any = row
+    for part in name.split("."):
+        if isinstance(value, list):  # Arrow map values arrive as (key, value) pairs
+            value = dict(value)
+        value = value.get(part) if isinstance(value, dict) else None
+    if value is None:
         raise KeyError(name)
-    return row[name]
+    return value
 
 
 class PythonTests(Verifier):
@@ -157,7 +163,10 @@ class PythonTests(Verifier):
             code, tests = _field(row, self.code_field), _field(row, self.tests_field)
         except KeyError as missing:
             return self._verdict("failed", f"no {missing.args[0]!r} field")
-        entry_point = row.get(self.entry_point_field) if self.entry_point_field else None
+        try:
+            entry_point = _field(row, self.entry_point_field) if self.entry_point_field else None
+        except KeyError:
+            entry_point = None  # plain tests: no check(entry_point) call
         if len(code) + len(tests) > MAX_SOURCE_CHARS:
             return self._verdict("blocked", f"{len(code) + len(tests)} characters of code and tests: not run")
         return Job("python-tests", {"code": code_block(code), "tests": tests, "entry_point": entry_point})

@@ -108,3 +108,60 @@ def test_cli_verify_writes_verdicts(tmp_path: Path, humaneval_rows) -> None:
     missing = subprocess.run([*synthkiln_command(), "verify", str(source), "--out", str(out), "--verifier", "json-schema"],
                              capture_output=True, text=True, cwd=REPO)  # fmt: skip
     assert missing.returncode == 2 and "needs --schema-file" in missing.stderr
+
+
+@pytest.mark.slow
+def test_pipeline_runs_generated_code_against_carried_seed_tests(tmp_path: Path, hf_teacher) -> None:
+    tasks = [
+        (
+            "add",
+            "Write a Python function `add(a, b)` that returns the sum of a and b.",
+            "assert f(2, 3) == 5",
+        ),
+        (
+            "is_even",
+            "Write a Python function `is_even(n)` that returns True when n is even.",
+            "assert f(4) and not f(7)",
+        ),
+        (
+            "shout",
+            "Write a Python function `shout(text)` that returns text in upper case.",
+            "assert f('hi') == 'HI'",
+        ),
+    ]
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(
+        json.dumps({"instruction": text, "test": f"def check(f):\n    {test}\n", "entry_point": name}) + "\n"
+        for name, text, test in tasks
+    ))  # fmt: skip
+    recipe = {
+        "name": "code",
+        "seeds": {"path": str(seeds)},
+        "task": {"kind": "instruction", "carry_fields": ["test", "entry_point"]},
+        "sampling": {"temperature": 0, "max_tokens": 64},
+        "filters": {"unterminated": False},
+        "verify": {
+            "verifiers": [
+                {
+                    "name": "python-tests",
+                    "code_field": "response",
+                    "tests_field": "seed_fields.test",
+                    "entry_point_field": "seed_fields.entry_point",
+                }
+            ]
+        },
+    }
+    with Pipeline.from_recipe(recipe, teachers=[hf_teacher]) as pipeline:
+        manifest = pipeline.run(tmp_path / "out", progress=False)
+    rows = pq.read_table(tmp_path / "out" / "rejected").to_pylist() if manifest["funnel"]["rejected"] else []
+    if manifest["funnel"]["accepted"]:
+        rows += pq.read_table(tmp_path / "out" / "data").to_pylist()
+    checked = [r for r in rows if r.get("stage") in (None, "verify")]
+    assert len(checked) == 3 and manifest["verifiers"] == ["python-tests"]
+    assert manifest["funnel"]["accepted"] >= 1  # greedy SmolLM2 writes these one-liners correctly
+    for row in checked:
+        assert dict(row["seed_fields"])["entry_point"] in {name for name, _, _ in tasks}
+        (verdict,) = [v for v in row["verdicts"] if v["verifier"] == "python-tests"]
+        assert verdict["passed"] == (row.get("stage") is None) == bool(row["verified"])
+        if not verdict["passed"]:
+            assert row["reason"].startswith("python-tests:")
