@@ -17,8 +17,8 @@ from tests.conftest import REPO, synthkiln_command
 EXAMPLES = sorted((REPO / "examples").glob("*.toml"))
 
 
-def test_the_four_examples_exist() -> None:
-    assert {p.stem for p in EXAMPLES} >= {"quickstart", "gsm8k_reasoning", "augmentation", "domain"}
+def test_the_examples_exist() -> None:
+    assert {p.stem for p in EXAMPLES} >= {"quickstart", "gsm8k_reasoning", "augmentation", "domain", "code"}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
@@ -76,3 +76,23 @@ def test_gsm8k_reasoning_runs_on_local_gsm8k(tmp_path: Path, gsm8k_dir: Path) ->
     assert all(row["reference"] for row in every)
     assert manifest["verifiers"] == ["reference-answer"]
     assert [b["name"] for b in manifest["decontaminated_against"]] == ["gsm8k"]
+
+
+@pytest.mark.slow
+def test_code_example_keeps_code_that_passes_its_tests(
+    tmp_path: Path, humaneval_problems: list[dict]
+) -> None:
+    out = tmp_path / "code"
+    humaneval = REPO.parent / "shared" / "benchmarks" / "humaneval" / "HumanEval.jsonl.gz"
+    subprocess.run(
+        [*synthkiln_command(), "run", str(REPO / "examples" / "code.toml"), "--out", str(out), "--quiet",
+         "--set", f"decontaminate.benchmarks.0.path={humaneval}", "--set", "seeds.limit=4",
+         "--set", "sampling.max_tokens=96", "--set", "generation.samples_per_prompt=2"],
+        check=True, cwd=REPO, capture_output=True, timeout=600,
+    )  # fmt: skip
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["verifiers"] == ["python-tests"] and manifest["sandbox"]["sandbox"] == "bubblewrap"
+    assert [b["name"] for b in manifest["decontaminated_against"]] == ["humaneval"]
+    kept = pq.read_table(out / "data").to_pylist()
+    assert kept and all(row["verified"] for row in kept)
+    assert len({row["prompt_id"] for row in kept}) == len(kept)  # keep = "first": one per prompt
