@@ -117,3 +117,22 @@ def iter_sources(inputs: list[Path], text_field: str | None = None) -> list[Sour
         else:
             raise SynthkilnError(f"{path}: no such file or directory")
     return sources
+
+
+def prepare_output(out_dir: Path, output_format: str) -> None:
+    """An empty or new directory, or an earlier output of the same command (its shards are replaced)."""
+    manifest = out_dir / "manifest.json"
+    if manifest.is_file():
+        try:
+            earlier = json.loads(manifest.read_text()).get("format")
+        except (json.JSONDecodeError, AttributeError):
+            earlier = None
+        if earlier != output_format:
+            raise SynthkilnError(f"{out_dir} holds other output ({manifest}); choose another --out")
+        manifest.unlink()  # the old manifest goes first: a half-replaced directory never looks complete
+    elif out_dir.exists() and any(out_dir.iterdir()):
+        raise SynthkilnError(f"{out_dir} exists and is not empty; choose another --out")
+    for folder in ("data", "rejected"):
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+        for shard in (out_dir / folder).glob("part-*.parquet"):
+            shard.unlink()

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from synthkiln.engine.config import BenchmarkConfig, DecontaminateConfig
-from synthkiln.engine.corpus import Source, iter_sources
+from synthkiln.engine.corpus import Source, iter_sources, prepare_output
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.models import cache_dir
 from synthkiln.engine.stages import Stage
@@ -569,25 +569,6 @@ class DecontaminationReport:
 _CORPUS_FORMAT = "synthkiln-decontaminate/1"
 
 
-def _prepare_output(out_dir: Path) -> None:
-    """An empty or new directory, or an earlier decontaminate output (its shards are replaced)."""
-    manifest = out_dir / "manifest.json"
-    if manifest.is_file():
-        try:
-            earlier = json.loads(manifest.read_text()).get("format")
-        except (json.JSONDecodeError, AttributeError):
-            earlier = None
-        if earlier != _CORPUS_FORMAT:
-            raise SynthkilnError(f"{out_dir} holds other output ({manifest}); choose another --out")
-        manifest.unlink()  # the old manifest goes first: a half-replaced directory never looks complete
-    elif out_dir.exists() and any(out_dir.iterdir()):
-        raise SynthkilnError(f"{out_dir} exists and is not empty; choose another --out")
-    for folder in ("data", "rejected"):
-        (out_dir / folder).mkdir(parents=True, exist_ok=True)
-        for shard in (out_dir / folder).glob("part-*.parquet"):
-            shard.unlink()
-
-
 def decontaminate_corpus(
     inputs: list[Path],
     out_dir: Path,
@@ -604,7 +585,7 @@ def decontaminate_corpus(
     mark = time.perf_counter()
     hit_items: dict[str, set[str]] = {b["name"]: set() for b in index.benchmarks}
     removed: dict[str, int] = dict.fromkeys(hit_items, 0)
-    _prepare_output(out_dir)
+    prepare_output(out_dir, _CORPUS_FORMAT)
     with tqdm(desc="decontaminate", unit="row", disable=not progress) as bar:
         for number, source in enumerate(sources):
             kept_parts, rejected_parts = [], []

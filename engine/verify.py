@@ -19,7 +19,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from synthkiln.engine.config import VerifyConfig
-from synthkiln.engine.corpus import iter_sources
+from synthkiln.engine.corpus import iter_sources, prepare_output
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.schema import VERDICT
 from synthkiln.engine.stages import Stage
@@ -162,6 +162,9 @@ class VerifyReport:
     seconds: float = 0.0
 
 
+_FORMAT = "synthkiln-verify/1"
+
+
 def verify_corpus(
     inputs: list[Path], out_dir: Path, verifiers: list[Verifier], pool: VerifierPool, progress: bool = True
 ) -> VerifyReport:
@@ -171,10 +174,7 @@ def verify_corpus(
         next(iter(source.batches(1)), None)
     report = VerifyReport()
     started = time.perf_counter()
-    for folder in ("data", "rejected"):
-        (out_dir / folder).mkdir(parents=True, exist_ok=True)
-        for shard in (out_dir / folder).glob("part-*.parquet"):
-            shard.unlink()
+    prepare_output(out_dir, _FORMAT)
     with tqdm(desc="verify", unit="row", disable=not progress) as bar:
         for number, source in enumerate(sources):
             kept, rejected = [], []
@@ -201,7 +201,7 @@ def verify_corpus(
             report.failed += len(rejected)
     report.seconds = time.perf_counter() - started
     manifest = {
-        "format": "synthkiln-verify/1",
+        "format": _FORMAT,
         "inputs": [str(s.path) for s in sources],
         "verifiers": [v.name for v in sorted(verifiers, key=lambda v: v.cost)],
         "sandbox": pool.describe(),
