@@ -344,7 +344,8 @@ def _verify(args: argparse.Namespace) -> int:
     for name in args.verifiers:
         if name in needs and given[keys[needs[name]]] is None:
             raise SynthkilnError(f"--verifier {name} needs {needs[name]}")
-        verifiers.append(build_verifier(name, _options_for(name, given)))
+        options = {key: value for key, value in given.items() if value is not None}
+        verifiers.append(build_verifier(name, options, ignore_unknown=True))
     config = VerifyConfig(sandbox=args.sandbox, workers=args.workers, wall_seconds=args.timeout)
     with build_pool(config) as pool:
         report = verify_corpus(
@@ -357,30 +358,6 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"  {reason}: {count}")
     print(f"dataset: {args.out}")
     return 0
-
-
-def _options_for(name: str, given: dict[str, Any]) -> dict[str, Any]:
-    """The CLI options the named verifier takes."""
-    import inspect
-
-    from synthkiln.verifiers import VERIFIERS
-
-    accepted = set(inspect.signature(VERIFIERS[name]).parameters) | {
-        "field",
-        "schema_file",
-        "teacher",
-        "threshold",
-    }
-    options = {k: v for k, v in given.items() if k in accepted and v is not None}
-    if "field_name" not in inspect.signature(VERIFIERS[name]).parameters:
-        options.pop("field", None)
-    if name != "json-schema":
-        options.pop("schema_file", None)
-    if name not in ("judge", "knowledge-base"):
-        options.pop("teacher", None)
-    if name not in ("judge", "reward-model", "knowledge-base"):
-        options.pop("threshold", None)
-    return options
 
 
 def _models_prepare(args: argparse.Namespace) -> int:

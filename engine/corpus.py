@@ -136,3 +136,16 @@ def prepare_output(out_dir: Path, output_format: str) -> None:
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
         for shard in (out_dir / folder).glob("part-*.parquet"):
             shard.unlink()
+
+
+def write_parts(
+    out_dir: Path, number: int, kept: list[pa.RecordBatch], rejected: list[pa.RecordBatch]
+) -> None:
+    """Input file `number`'s kept rows to `data/` and removed ones to `rejected/` (atomic; empty: none)."""
+    from synthkiln.engine.writer import write_parquet_atomic
+
+    for folder, batches in (("data", kept), ("rejected", rejected)):
+        if sum(len(b) for b in batches):
+            write_parquet_atomic(
+                pa.Table.from_batches(batches), out_dir / folder / f"part-{number:05d}.parquet"
+            )

@@ -31,11 +31,11 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from synthkiln.engine.config import BenchmarkConfig, DecontaminateConfig
-from synthkiln.engine.corpus import Source, iter_sources, prepare_output
+from synthkiln.engine.corpus import Source, iter_sources, prepare_output, write_parts
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.models import cache_dir
 from synthkiln.engine.stages import Stage
-from synthkiln.engine.writer import write_parquet_atomic, write_text_atomic
+from synthkiln.engine.writer import write_text_atomic
 from synthkiln.kernels.ngram_index import NgramIndex, densest_windows, ngram_hashes, run_starts
 from synthkiln.kernels.text import Normalization, TextBuffers, as_text_buffers
 
@@ -179,7 +179,7 @@ class Items:
     texts: list[str] = field(default_factory=list)
     benchmark: list[int] = field(default_factory=list)
     item_id: list[str] = field(default_factory=list)
-    field: list[str] = field(default_factory=list)
+    field_name: list[str] = field(default_factory=list)
 
 
 def _read_items(source: BenchmarkSource, number: int, items: Items) -> dict[str, Any]:
@@ -214,7 +214,7 @@ def _read_items(source: BenchmarkSource, number: int, items: Items) -> dict[str,
                 items.texts.append(text)
                 items.benchmark.append(number)
                 items.item_id.append(ids[row])
-                items.field.append(name)
+                items.field_name.append(name)
     return {"rows": table.num_rows, "fields": list(fields), "items": len(items.texts) - before}
 
 
@@ -364,7 +364,7 @@ class ContaminationIndex:
             description["too_short"] = int((mine & ~indexed).sum())
         return cls(
             config, ngrams, posting_item, np.concatenate(kinds), np.concatenate(labels), item_benchmark,
-            np.array(items.item_id, dtype=str), np.array(items.field, dtype=str), words, item_ngrams, item_sketch,
+            np.array(items.item_id, dtype=str), np.array(items.field_name, dtype=str), words, item_ngrams, item_sketch,
             described,
         )  # fmt: skip
 
@@ -611,11 +611,7 @@ def decontaminate_corpus(
                 report.quarantined += int(null.sum())
                 report.removed += int((dropped & ~null).sum())
                 bar.update(len(batch))
-            for folder, parts in (("data", kept_parts), ("rejected", rejected_parts)):
-                if parts and sum(len(p) for p in parts):
-                    write_parquet_atomic(
-                        pa.Table.from_batches(parts), out_dir / folder / f"part-{number:05d}.parquet"
-                    )
+            write_parts(out_dir, number, kept_parts, rejected_parts)
     report.kept = report.rows - report.removed - report.quarantined
     report.seconds["check"] = time.perf_counter() - mark
     report.benchmarks = [

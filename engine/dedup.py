@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from synthkiln.engine.corpus import Source, iter_sources
+from synthkiln.engine.corpus import Source, iter_sources, write_parts
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.stages import Stage
-from synthkiln.engine.writer import write_parquet_atomic, write_text_atomic
+from synthkiln.engine.writer import write_text_atomic
 from synthkiln.kernels.lsh import Clusters, StreamingIndex, cluster_duplicates
 from synthkiln.kernels.minhash import minhash_signatures, shingle_hashes
 from synthkiln.kernels.similarity import shingle_sets
@@ -310,8 +310,4 @@ def _write_verdicts(
                     pa.array([f"null {text_field}" if n else "near-duplicate" for n in is_null], pa.string()),
                 )
                 rejected_parts.append(removed)
-        for folder, parts in (("data", kept_parts), ("rejected", rejected_parts)):
-            if parts and sum(len(p) for p in parts):
-                write_parquet_atomic(
-                    pa.Table.from_batches(parts), out_dir / folder / f"part-{number:05d}.parquet"
-                )
+        write_parts(out_dir, number, kept_parts, rejected_parts)

@@ -168,8 +168,8 @@ class ReferenceAnswer(Stage):
             verdicts.append(
                 [*(old_verdicts or []), {"verifier": "reference-answer", "passed": passed, "detail": detail}]
             )
-        batch = _replace(batch, "verified", pa.array(verified, pa.bool_()))
-        batch = _replace(batch, "verdicts", pa.array(verdicts, pa.list_(VERDICT)))
+        batch = set_column(batch, "verified", pa.array(verified, pa.bool_()))
+        batch = set_column(batch, "verdicts", pa.array(verdicts, pa.list_(VERDICT)))
         return self.split(batch, pa.array(reasons, pa.string()), pa.array(details, pa.string()))
 
 
@@ -236,6 +236,9 @@ def default_prompt_stages(recipe: Recipe) -> list[Stage]:
     return [Decontaminate(ContaminationIndex.for_config(config), text_field="prompt")]
 
 
-def _replace(batch: pa.RecordBatch, name: str, values: pa.Array) -> pa.RecordBatch:
+def set_column(batch: pa.RecordBatch, name: str, values: pa.Array) -> pa.RecordBatch:
+    """`batch` with column `name` replaced by `values` (appended when absent)."""
     index = batch.schema.get_field_index(name)
+    if index < 0:
+        return batch.append_column(pa.field(name, values.type), values)
     return batch.set_column(index, batch.schema.field(name), values)

@@ -19,21 +19,25 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from synthkiln.engine.config import VerifyConfig
-from synthkiln.engine.corpus import iter_sources, prepare_output
+from synthkiln.engine.corpus import iter_sources, prepare_output, write_parts
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.schema import VERDICT
-from synthkiln.engine.stages import Stage
-from synthkiln.engine.writer import write_parquet_atomic, write_text_atomic
+from synthkiln.engine.stages import Stage, set_column
+from synthkiln.engine.writer import write_text_atomic
 from synthkiln.verifiers import VERIFIERS, Judge, Limits, SandboxUnavailable, Verdict, Verifier, VerifierPool
 
 _RENAMED = {"field": "field_name"}  # recipe/CLI spelling -> constructor argument
 
 
 def build_verifier(
-    name: str, options: dict[str, Any], default_teacher: dict[str, Any] | None = None
+    name: str,
+    options: dict[str, Any],
+    default_teacher: dict[str, Any] | None = None,
+    ignore_unknown: bool = False,
 ) -> Verifier:
     """A verifier from its name and options (`schema_file` is read as JSON for json-schema; `teacher`, a
-    teacher table, becomes the judge of `judge` and `knowledge-base`)."""
+    teacher table, becomes the judge of `judge` and `knowledge-base`). Unknown options are an error,
+    unless `ignore_unknown` (the CLI offers one set of options to every verifier named)."""
     if name not in VERIFIERS:
         raise SynthkilnError(f"unknown verifier {name!r} (known: {', '.join(sorted(VERIFIERS))})")
     options = {_RENAMED.get(k, k): v for k, v in options.items() if k != "name"}
@@ -43,7 +47,7 @@ def build_verifier(
             options["teacher"] = teacher
         else:
             options["judge"] = Judge(teacher, threshold=options.pop("threshold", 7))
-    if "schema_file" in options:
+    if name == "json-schema" and "schema_file" in options:
         path = Path(options.pop("schema_file"))
         try:
             options["schema"] = json.loads(path.read_text())
@@ -51,8 +55,9 @@ def build_verifier(
             raise SynthkilnError(f"verifier {name}: schema_file {path}: {exc}") from None
     accepted = set(inspect.signature(VERIFIERS[name]).parameters)
     unknown = sorted(set(options) - accepted)
-    if unknown:
+    if unknown and not ignore_unknown:
         raise SynthkilnError(f"verifier {name}: unknown option(s) {unknown} (accepted: {sorted(accepted)})")
+    options = {key: value for key, value in options.items() if key in accepted}
     try:
         return VERIFIERS[name](**options)
     except Exception as exc:  # a bad pattern or schema names itself here
@@ -131,8 +136,8 @@ class Verify(Stage):
         recorded = [
             [*(row.get("verdicts") or []), *map(_record, vs)] for row, vs in zip(rows, verdicts, strict=True)
         ]
-        batch = _set(batch, "verified", pa.array(verified, pa.bool_()))
-        batch = _set(batch, "verdicts", pa.array(recorded, pa.list_(VERDICT)))
+        batch = set_column(batch, "verified", pa.array(verified, pa.bool_()))
+        batch = set_column(batch, "verdicts", pa.array(recorded, pa.list_(VERDICT)))
         reasons = pa.array([None if f is None else f"{f.verifier}:{f.status}" for f in failures], pa.string())
         details = pa.array([None if f is None else f.detail for f in failures], pa.string())
         return self.split(batch, reasons, details)
@@ -141,13 +146,6 @@ class Verify(Stage):
         self.pool.close()
         for verifier in self.checks:
             verifier.close()
-
-
-def _set(batch: pa.RecordBatch, name: str, values: pa.Array) -> pa.RecordBatch:
-    index = batch.schema.get_field_index(name)
-    if index < 0:
-        return batch.append_column(pa.field(name, values.type), values)
-    return batch.set_column(index, batch.schema.field(name), values)
 
 
 # -- corpus mode -------------------------------------------------------------------------------------
@@ -192,11 +190,9 @@ def verify_corpus(
                         report.by_reason[reason] += 1
                 report.rows += len(rows)
                 bar.update(len(rows))
-            for folder, part in (("data", kept), ("rejected", rejected)):
-                if part:
-                    write_parquet_atomic(
-                        pa.Table.from_pylist(part), out_dir / folder / f"part-{number:05d}.parquet"
-                    )
+            write_parts(
+                out_dir, number, [pa.RecordBatch.from_pylist(kept)], [pa.RecordBatch.from_pylist(rejected)]
+            )
             report.passed += len(kept)
             report.failed += len(rejected)
     report.seconds = time.perf_counter() - started

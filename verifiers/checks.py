@@ -61,7 +61,8 @@ class Verifier(ABC):
     batched = False  # True: `verdicts(rows)` judges a whole batch in this process (models)
 
     def verdicts(self, rows: list[dict[str, Any]]) -> list[Verdict]:
-        return [self.job(row) for row in rows]  # type: ignore[misc]
+        """A batch judged in this process (verifiers with `batched = True`)."""
+        raise NotImplementedError(f"{self.name} is checked one job per row by the pool")
 
     def close(self) -> None:  # noqa: B027 (optional hook: only model verifiers hold anything)
         """Release models and the like."""
