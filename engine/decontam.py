@@ -36,10 +36,12 @@ from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.models import cache_dir
 from synthkiln.engine.stages import Stage
 from synthkiln.engine.writer import write_text_atomic
+from synthkiln.kernels.minhash import SCHEME
 from synthkiln.kernels.ngram_index import NgramIndex, densest_windows, ngram_hashes, run_starts
 from synthkiln.kernels.text import Normalization, TextBuffers, as_text_buffers
 
-_INDEX_FORMAT = 1  # bump when the index layout or hashing changes: old cache entries are ignored
+# bump when the index layout changes (a hashing change bumps minhash.SCHEME): old entries are ignored
+_INDEX_FORMAT = 1
 _SPAN_CHARS = 300
 _WINDOW_STRETCH = 1.5  # a fuzzy window may be this much longer than the item (inserted words)
 
@@ -490,7 +492,7 @@ def _cache_key(config: DecontaminateConfig, sources: list[BenchmarkSource], dige
         {"name": s.name, "digest": d, "fields": s.fields, "id_field": s.id_field}
         for s, d in zip(sources, digests, strict=True)
     ]
-    canonical = json.dumps([_INDEX_FORMAT, parameters, described], sort_keys=True)
+    canonical = json.dumps([_INDEX_FORMAT, SCHEME, parameters, described], sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:24]
 
 

@@ -22,7 +22,7 @@ from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.stages import Stage
 from synthkiln.engine.writer import write_text_atomic
 from synthkiln.kernels.lsh import Clusters, StreamingIndex, cluster_duplicates
-from synthkiln.kernels.minhash import minhash_signatures, shingle_hashes
+from synthkiln.kernels.minhash import SCHEME, minhash_signatures, shingle_hashes
 from synthkiln.kernels.similarity import shingle_sets
 
 
@@ -125,6 +125,7 @@ def save_index(
         rows=rows,
         num_perm=num_perm,
         ngram=ngram,
+        scheme=SCHEME,
     )
     temporary.replace(path)
 
@@ -132,6 +133,12 @@ def save_index(
 def load_index(path: Path, num_perm: int, ngram: int) -> tuple[np.ndarray, list[str]]:
     """The signatures and `file:row` names of a saved index; refuses one built with other parameters."""
     with np.load(path, allow_pickle=False) as stored:
+        scheme = int(stored["scheme"]) if "scheme" in stored else 1
+        if scheme != SCHEME:
+            raise SynthkilnError(
+                f"{path}: signatures of hashing scheme {scheme}, this synthkiln computes scheme {SCHEME}; "
+                "run `synthkiln dedup` on that corpus again to rebuild the index"
+            )
         if int(stored["num_perm"]) != num_perm or int(stored["ngram"]) != ngram:
             raise SynthkilnError(
                 f"{path}: built with num_perm={int(stored['num_perm'])}, ngram={int(stored['ngram'])}; "

@@ -53,7 +53,7 @@ def _finish(s):
 @triton.jit
 def tokenize(data_ptr, table_ptr, powers_ptr, tokens, start, end, CHARS: tl.constexpr):
     """Write the token hashes of bytes [start, end) to `tokens` (room for end - start + 2); return how many."""
-    space_hash = fmix64(tl.full((), 0x20 ^ 1, tl.uint64))
+    space_hash = tl.full((), 0x20, tl.uint64) * tl.load(powers_ptr + 1).to(tl.uint64, bitcast=True)
 
     h = tl.full((), 0, tl.uint64)
     length = tl.full((), 0, tl.uint64)
@@ -66,7 +66,7 @@ def tokenize(data_ptr, table_ptr, powers_ptr, tokens, start, end, CHARS: tl.cons
         if CHARS:
             continuation = (byte & 0xC0) == 0x80
             finish = (length > 0) & (separator | (continuation == 0))
-            tl.store(tokens + count, fmix64(h ^ length).to(tl.int64, bitcast=True))
+            tl.store(tokens + count, h.to(tl.int64, bitcast=True))
             count += finish.to(tl.int64)
             space = (separator == 0) & pending_space
             tl.store(tokens + count, space_hash.to(tl.int64, bitcast=True))
@@ -76,12 +76,13 @@ def tokenize(data_ptr, table_ptr, powers_ptr, tokens, start, end, CHARS: tl.cons
             h = tl.where(restart, 0, h).to(tl.uint64)
             length = tl.where(restart, 0, length).to(tl.uint64)
         else:
-            tl.store(tokens + count, fmix64(h ^ length).to(tl.int64, bitcast=True))
+            tl.store(tokens + count, h.to(tl.int64, bitcast=True))
             count += (separator & (length > 0)).to(tl.int64)
-        power = tl.load(powers_ptr + (length & 255).to(tl.int32)).to(tl.uint64, bitcast=True)
-        h = tl.where(separator, 0, h + mapped * power).to(tl.uint64)
+        # Byte-at-a-time form of the 8-byte-chunk polynomial of the Numba tokenizer.
+        power = tl.load(powers_ptr + (((length >> 3) + 1) & 255).to(tl.int32)).to(tl.uint64, bitcast=True)
+        h = tl.where(separator, 0, h + (mapped << ((length & 7) * 8)) * power).to(tl.uint64)
         length = tl.where(separator, 0, length + 1).to(tl.uint64)
-    tl.store(tokens + count, fmix64(h ^ length).to(tl.int64, bitcast=True))
+    tl.store(tokens + count, h.to(tl.int64, bitcast=True))
     count += (length > 0).to(tl.int64)
     return count
 

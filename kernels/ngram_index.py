@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 from numba import njit, prange
 
-from synthkiln.kernels.minhash import ROLL, Backend, pick_backend, rotl, tokenize
+from synthkiln.kernels.minhash import ROLL, Backend, fmix64, pick_backend, rotl, tokenize, workspace
 from synthkiln.kernels.text import Normalization, TextBuffers, as_text_buffers
 
 _BITMAP_BITS = 1 << 24  # 2 MiB: fits this machine's 4 MiB L2 beside the text being read
@@ -51,9 +51,7 @@ def ngram_hashes(
     scratch = np.empty(len(buffers.data) + 2 * documents, np.uint64)
     counts = np.zeros(documents, np.int64)
     words = np.zeros(documents, np.int64)
-    _hash_kernel(
-        buffers.data, buffers.offsets, buffers.nulls, normalization.byte_table(), n, scratch, counts, words
-    )
+    _hash_kernel(buffers.data, buffers.offsets, buffers.nulls, normalization.flags, n, scratch, counts, words)
     offsets = np.zeros(documents + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
     starts = buffers.offsets[:-1] + 2 * np.arange(documents)
@@ -144,13 +142,12 @@ class NgramIndex:
         """Every indexed n-gram occurring in each document, with the postings of its key."""
         normalization = normalization or Normalization()
         buffers = texts if isinstance(texts, TextBuffers) else as_text_buffers(texts, normalization)
-        table = normalization.byte_table()
         if pick_backend(backend) == "triton":
             from synthkiln.kernels.ngram_index_triton import probe_triton
 
-            counts, touched, position, span, slot = probe_triton(buffers, table, self)
+            counts, touched, position, span, slot = probe_triton(buffers, normalization.byte_table(), self)
         else:
-            counts, touched, position, span, slot = self._probe_numba(buffers, table)
+            counts, touched, position, span, slot = self._probe_numba(buffers, normalization.flags)
         document = np.repeat(touched, counts[touched])
         entry = self.slot_entry[slot]
         per_entry = self.posting_offsets[entry + 1] - self.posting_offsets[entry]
@@ -163,11 +160,11 @@ class NgramIndex:
             self.postings[self.posting_offsets[entry[expanded]] + within],
         )
 
-    def _probe_numba(self, buffers: TextBuffers, table: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _probe_numba(self, buffers: TextBuffers, flags: np.uint8) -> tuple[np.ndarray, ...]:
         documents = np.arange(len(buffers), dtype=np.int64)
         counts = np.zeros(len(buffers), np.int64)
         empty = np.zeros(0, np.int64)
-        args = (buffers.data, buffers.offsets, buffers.nulls, table, self.spans, self.bitmap, self.keys,
+        args = (buffers.data, buffers.offsets, buffers.nulls, flags, self.spans, self.bitmap, self.keys,
                 int(self.prefix_span[0]), self.prefix_keys, self.prefix_slot_entry, self.prefix_offsets,
                 self.whole_lengths, self.whole_hashes)  # fmt: skip
         _probe_kernel(*args, documents, counts, empty, empty, empty, empty, _chunks(len(documents)))
@@ -226,9 +223,10 @@ def _chunks(documents: int) -> int:
 
 @njit(inline="always", cache=True)
 def _finish64(s: np.uint64) -> np.uint64:
-    # No further mixing: s already XORs fmix64-mixed token hashes at distinct rotations (distinct for
-    # any n-gram up to 64 words), so its bits are as uniform as a finaliser would make them.
-    return s | np.uint64(s == np.uint64(0))  # 0 marks an empty slot
+    # Token hashes are unmixed polynomials: the table slot (low bits) and the bitmap bit (high bits)
+    # need every bit of every word mixed in, hence fmix64 (a bijection, so no collision is added).
+    h = fmix64(s)
+    return h | np.uint64(h == np.uint64(0))  # 0 marks an empty slot
 
 
 @njit(inline="always", cache=True)
@@ -240,13 +238,13 @@ def _first_hash(tokens, span) -> np.uint64:
 
 
 @njit(parallel=True, cache=True)
-def _hash_kernel(data, offsets, nulls, table, n, out, counts, words):
+def _hash_kernel(data, offsets, nulls, flags, n, out, counts, words):
     for d in prange(offsets.size - 1):
         start, end = offsets[d], offsets[d + 1]
         if nulls[d]:
             continue
         tokens = np.empty(end - start + 2, dtype=np.uint64)
-        count = tokenize(data, start, end, table, False, tokens)
+        count = tokenize(data, start, end, flags, False, workspace(end - start), tokens)
         words[d] = count
         if count == 0:
             continue
@@ -303,7 +301,7 @@ def _record(write, starts, c, found, position, span_out, slot_out, i, span, slot
 
 
 @njit(parallel=True, cache=True)
-def _probe_kernel(data, offsets, nulls, table, spans, bitmap, keys, prefix_span, prefix_keys, prefix_slot_entry,
+def _probe_kernel(data, offsets, nulls, flags, spans, bitmap, keys, prefix_span, prefix_keys, prefix_slot_entry,
                   prefix_offsets, whole_lengths, whole_hashes, documents, counts, starts, position, span_out,
                   slot_out, chunks):  # fmt: skip
     """Count hits per document into `counts`, or, when `starts` is given, write them out as well."""
@@ -316,12 +314,13 @@ def _probe_kernel(data, offsets, nulls, table, spans, bitmap, keys, prefix_span,
         for c in range(first, last):
             d = documents[c]
             longest = max(longest, offsets[d + 1] - offsets[d])
+        work = workspace(longest)
         tokens = np.empty(longest + 2, dtype=np.uint64)
         for c in range(first, last):
             d = documents[c]
             if nulls[d]:
                 continue
-            count = tokenize(data, offsets[d], offsets[d + 1], table, False, tokens)
+            count = tokenize(data, offsets[d], offsets[d + 1], flags, False, work, tokens)
             found = 0
             for si in range(spans.size):
                 span = spans[si]

@@ -1,9 +1,12 @@
 """Text as the kernels see it: Arrow's UTF-8 data buffer plus int64 offsets, and a byte table.
 
-Normalisation is a 256-entry table applied byte by byte inside the kernels: 0 marks a separator
-(whitespace, and punctuation unless kept), anything else is the byte to hash (ASCII lowercased,
-digits folded to '0' on request). Bytes >= 0x80 are UTF-8 and hash as themselves; full Unicode
+Normalisation folds each byte on its own: 0 marks a separator (whitespace and control characters,
+and ASCII punctuation unless kept), anything else is the byte to hash (ASCII lowercased, digits
+folded to '0' on request). Bytes >= 0x80 are UTF-8 and hash as themselves; full Unicode
 normalisation (NFKC + lowercase) runs first in Arrow's C++ kernels when asked for.
+
+`fold_byte` is the definition. Numba kernels call it (it is branch-free, so a loop over a document
+compiles to SIMD compares); GPU kernels and numpy code look bytes up in `byte_table()`, built from it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,25 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numba import njit
+
+LOWERCASE, PUNCTUATION, DIGITS = 1, 2, 4  # bits of `Normalization.flags`
+
+
+@njit(inline="always", cache=True)
+def fold_byte(byte: np.uint8, flags: np.uint8) -> np.uint8:
+    """The byte to hash, or 0 for a separator. Masks (0xFF for true) instead of branches: vectorisable."""
+    upper = np.uint8(0) - np.uint8(np.uint8(byte - np.uint8(ord("A"))) < np.uint8(26))
+    lower = np.uint8(0) - np.uint8(np.uint8(byte - np.uint8(ord("a"))) < np.uint8(26))
+    digit = np.uint8(0) - np.uint8(np.uint8(byte - np.uint8(ord("0"))) < np.uint8(10))
+    printable = np.uint8(0) - np.uint8(np.uint8(byte - np.uint8(0x21)) < np.uint8(0x7F - 0x21))
+    utf8 = np.uint8(0) - np.uint8(byte >> np.uint8(7))
+    punctuation_kept = np.uint8(((flags >> np.uint8(1)) & np.uint8(1)) - np.uint8(1))
+    keep = upper | lower | digit | utf8 | (printable & punctuation_kept)
+    folded = byte | (upper & np.uint8((flags & np.uint8(LOWERCASE)) << np.uint8(5)))
+    to_zero_digit = digit & (np.uint8(0) - np.uint8((flags >> np.uint8(2)) & np.uint8(1)))
+    folded = (folded & ~to_zero_digit) | (np.uint8(ord("0")) & to_zero_digit)
+    return folded & keep
 
 
 @dataclass(frozen=True)
@@ -26,23 +48,14 @@ class Normalization:
     unicode: bool = False  # NFKC + Unicode lowercase before the byte table (slower)
     delete: str = ""  # characters removed before tokenizing ("'" keeps "it's" and "its" one word)
 
+    @property
+    def flags(self) -> np.uint8:
+        """The byte folding as `fold_byte` takes it."""
+        return np.uint8(LOWERCASE * self.lowercase + PUNCTUATION * self.punctuation + DIGITS * self.digits)
+
     def byte_table(self) -> np.ndarray:
-        table = np.arange(256, dtype=np.uint8)
-        for byte in b" \t\n\r\x0b\x0c":
-            table[byte] = 0
-        table[:0x20] = 0  # control characters separate words too
-        table[0x7F] = 0
-        if self.punctuation:
-            for byte in range(0x21, 0x7F):
-                if not chr(byte).isalnum():
-                    table[byte] = 0
-        if self.lowercase:
-            for byte in range(ord("A"), ord("Z") + 1):
-                table[byte] = byte + 32
-        if self.digits:
-            for byte in range(ord("0"), ord("9") + 1):
-                table[byte] = ord("0")
-        return table
+        """`fold_byte` of every byte value: what each byte becomes (0: separator)."""
+        return _byte_table(self.flags)
 
 
 @dataclass(frozen=True)
@@ -90,3 +103,11 @@ def _as_arrow(texts: pa.Array | pa.ChunkedArray | Sequence[str] | np.ndarray) ->
     if isinstance(texts, (pa.Array, pa.ChunkedArray)):
         return texts
     return pa.array(list(texts) if isinstance(texts, np.ndarray) else texts, type=pa.large_string())
+
+
+@njit(cache=True)
+def _byte_table(flags: np.uint8) -> np.ndarray:
+    table = np.empty(256, np.uint8)
+    for byte in range(256):
+        table[byte] = fold_byte(np.uint8(byte), flags)
+    return table

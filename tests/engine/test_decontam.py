@@ -6,6 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -129,14 +130,20 @@ def test_humaneval_prompts_planted_in_code_answers(
 
 def test_minhash_containment_catches_edits_that_break_every_ngram(gsm8k_dir: Path) -> None:
     test = [json.loads(line) for line in (gsm8k_dir / "test.jsonl").read_text().splitlines()]
-    long_questions = [row["question"] for row in test if len(row["question"].split()) >= 60][:20]
-    # a word replaced every 10 words: no 13-gram survives
+    long_questions = [row["question"] for row in test if len(row["question"].split()) >= 60][:100]
+    # a word replaced every 10 words: 4 of every 10 word 4-grams broken (containment ~0.6)
     edited = [" ".join("X" if i % 10 == 5 else w for i, w in enumerate(q.split())) for q in long_questions]
     documents = [f"Consider this. {q} That is all." for q in edited]
-    exact_only = index_of(gsm8k_test(gsm8k_dir), fuzzy=False)
-    assert all(m is None for m in exact_only.find(pa.array(documents)))
-    matches = index_of(gsm8k_test(gsm8k_dir)).find(pa.array(documents))
-    assert all(m is not None and m.method == "minhash" and m.score >= 0.5 for m in matches)
+    exact_only = index_of(gsm8k_test(gsm8k_dir), fuzzy=False).find(pa.array(documents))
+    no_ngram_left = [d for d, m in zip(documents, exact_only, strict=True) if m is None]
+    assert len(no_ngram_left) >= 80  # numbers split into several words can leave a 13-gram whole
+    matches = index_of(gsm8k_test(gsm8k_dir)).find(pa.array(no_ngram_left))
+    # A 32-hash sketch estimates 0.6 with a standard deviation of ~0.09: some items fall under the
+    # 0.5 threshold by chance, so this asserts recall and the estimate's mean, not every item.
+    found = [m for m in matches if m is not None and m.score >= 0.5]
+    assert len(found) / len(matches) >= 0.9
+    assert all(m.method == "minhash" for m in found)
+    assert abs(np.mean([m.score for m in matches if m is not None]) - 0.6) <= 0.08
 
 
 # -- rules -----------------------------------------------------------------------------------------

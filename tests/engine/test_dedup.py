@@ -5,6 +5,7 @@ import random
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -94,6 +95,10 @@ def test_corpus_index_is_reused_by_the_stage(planted, tmp_path: Path) -> None:
     assert rejected.column("duplicate_of").to_pylist() == ["corpus.jsonl:5"]
     with pytest.raises(SynthkilnError, match="built with num_perm=128"):
         NearDuplicates(num_perm=64, text_field="text", against=[str(out)])
+    with np.load(out / "index.npz") as stored:  # as synthkiln wrote it before hashing scheme 2
+        np.savez(out / "index.npz", **{k: stored[k] for k in stored.files if k != "scheme"})
+    with pytest.raises(SynthkilnError, match=r"hashing scheme 1.*rebuild"):
+        NearDuplicates(text_field="text", against=[str(out)])
 
 
 def test_restore_keeps_ids_aligned_past_empty_rows() -> None:

@@ -18,6 +18,70 @@ def documents(gsm8k_dir) -> list[str]:
     return [row["question"] + " " + row["answer"] for row in rows]
 
 
+GOLDEN = 0x9E3779B97F4A7C15
+MASK64 = 2**64 - 1
+
+
+def reference_token_hash(token: bytes) -> int:
+    """The scheme's token hash, from its definition: 8-byte little-endian chunks, polynomial in K."""
+    h = 0
+    for j in range(0, len(token), 8):
+        chunk = int.from_bytes(token[j : j + 8], "little")
+        h = (h + chunk * pow(GOLDEN, (j // 8 + 1) % 256, 2**64)) & MASK64
+    return h
+
+
+def reference_finish(s: int) -> int:
+    s = (s * GOLDEN) & MASK64
+    h = (s ^ (s >> 32)) & 0xFFFFFFFF
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    return h ^ (h >> 16)
+
+
+def rotl(x: int, bits: int) -> int:
+    bits %= 64
+    return ((x << bits) | (x >> (64 - bits))) & MASK64 if bits else x
+
+
+def reference_shingles(text: str, ngram: int, chars: bool = False) -> list[int]:
+    folded = bytes(Normalization().byte_table()[list(text.encode())])
+    if chars:
+        words = [w.decode() for w in folded.split(b"\0") if w]
+        tokens = [c.encode() for c in " ".join(words)]  # separator runs fold to one space
+    else:
+        tokens = [w for w in folded.split(b"\0") if w]
+    hashes = [reference_token_hash(t) for t in tokens]
+    span = min(ngram, len(hashes))
+    shingles = []
+    for i in range(len(hashes) - span + 1 if hashes else 0):
+        s = 0
+        for k in range(span):
+            s ^= rotl(hashes[i + k], (span - 1 - k) * 27)
+        shingles.append(reference_finish(s))
+    return shingles
+
+
+def test_shingle_hashes_follow_the_scheme_at_every_word_length_and_block_edge() -> None:
+    rng = random.Random(3)
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789éü中😀"
+    separators = [" ", "  ", "\n", ", ", "...", "\t-"]
+    texts = ["", "   ", "x", "a" * 63, "b" * 64, "c" * 65, ("w" * 7 + " ") * 16, "q" * 2100 + " tail"]
+    for _ in range(60):
+        parts = [
+            "".join(rng.choice(alphabet) for _ in range(rng.choice([1, 2, 7, 8, 9, 15, 16, 17, 24, 40])))
+            for _ in range(rng.randrange(1, 30))
+        ]
+        texts.append(rng.choice(["", " ", "!"]) + "".join(p + rng.choice(separators) for p in parts))
+    for ngram, chars in ((5, False), (1, False), (3, True)):
+        hashes, offsets = shingle_hashes(texts, ngram=ngram, tokens="chars" if chars else "words")
+        for d, text in enumerate(texts):
+            got = hashes[offsets[d] : offsets[d + 1]].tolist()
+            assert got == reference_shingles(text, ngram, chars), (ngram, chars, text[:80])
+
+
 def exact_jaccard(a: str, b: str, ngram: int = 5) -> float:
     hashes, offsets = shingle_hashes([a, b], ngram=ngram)
     first, second = (
