@@ -35,8 +35,6 @@ from synthkiln.kernels.text import Normalization, TextBuffers, as_text_buffers, 
 EMPTY = np.uint32(0xFFFFFFFF)
 SCHEME = 2  # bump when any hash above changes: saved signatures and indexes of another scheme are refused
 
-MIX64_1 = np.uint64(0xFF51AFD7ED558CCD)
-MIX64_2 = np.uint64(0xC4CEB9FE1A85EC53)
 GOLDEN64 = np.uint64(0x9E3779B97F4A7C15)
 MIX32_1 = np.uint32(0x85EBCA6B)
 MIX32_2 = np.uint32(0xC2B2AE35)
@@ -162,16 +160,6 @@ def pick_backend(backend: Backend) -> str:
 # -- Numba kernels ---------------------------------------------------------------------------------
 # Every constant and intermediate is explicitly uint32/uint64: Numba widens uint32*uint32 to uint64
 # (and mixes of signed/unsigned to float) unless told otherwise.
-
-
-@njit(inline="always", cache=True)
-def fmix64(h: np.uint64) -> np.uint64:
-    h ^= h >> np.uint64(33)
-    h *= MIX64_1
-    h ^= h >> np.uint64(33)
-    h *= MIX64_2
-    h ^= h >> np.uint64(33)
-    return h
 
 
 @njit(inline="always", cache=True)

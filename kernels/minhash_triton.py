@@ -19,16 +19,6 @@ from synthkiln.kernels.text import TextBuffers
 
 
 @triton.jit
-def fmix64(h):
-    h ^= h >> 33
-    h *= 0xFF51AFD7ED558CCD
-    h ^= h >> 33
-    h *= 0xC4CEB9FE1A85EC53
-    h ^= h >> 33
-    return h
-
-
-@triton.jit
 def _fmix32(h):
     h ^= h >> 16
     h *= 0x85EBCA6B

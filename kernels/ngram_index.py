@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 from numba import njit, prange
 
-from synthkiln.kernels.minhash import ROLL, Backend, fmix64, pick_backend, rotl, tokenize, workspace
+from synthkiln.kernels.minhash import GOLDEN64, ROLL, Backend, pick_backend, rotl, tokenize, workspace
 from synthkiln.kernels.text import Normalization, TextBuffers, as_text_buffers
 
 _BITMAP_BITS = 1 << 24  # 2 MiB: fits this machine's 4 MiB L2 beside the text being read
@@ -224,8 +224,10 @@ def _chunks(documents: int) -> int:
 @njit(inline="always", cache=True)
 def _finish64(s: np.uint64) -> np.uint64:
     # Token hashes are unmixed polynomials: the table slot (low bits) and the bitmap bit (high bits)
-    # need every bit of every word mixed in, hence fmix64 (a bijection, so no collision is added).
-    h = fmix64(s)
+    # need every word's bits in them. A multiply carries low bits up, the xor-shift brings high
+    # bits down; both are bijections, so no collision is added (fmix64 here cost 20% of a probe).
+    h = s * GOLDEN64
+    h ^= h >> np.uint64(32)
     return h | np.uint64(h == np.uint64(0))  # 0 marks an empty slot
 
 

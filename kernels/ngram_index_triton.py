@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from synthkiln.kernels.minhash import POWERS
-from synthkiln.kernels.minhash_triton import fmix64, rotl, tokenize
+from synthkiln.kernels.minhash_triton import rotl, tokenize
 from synthkiln.kernels.text import TextBuffers
 
 
@@ -35,7 +35,8 @@ def _lookup(keys_ptr, mask, h):
 
 @triton.jit
 def _finish64(s):
-    h = fmix64(s)
+    h = s * 0x9E3779B97F4A7C15
+    h ^= h >> 32
     return h | (h == 0).to(tl.uint64)
 
 
