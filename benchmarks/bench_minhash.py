@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -39,11 +41,29 @@ def python_shingles(text: str) -> list[str]:
     return [" ".join(words[i : i + NGRAM]) for i in range(max(1, len(words) - NGRAM + 1))]
 
 
+def narrow_vectors_seconds() -> float | None:
+    """Text-to-signature on 1 thread with LLVM's default 256-bit vectors, which is what a process
+    gets when it imported numba before synthkiln: a child process, since numba fixes it per process.
+    None where the CPU lacks AVX-512 (there is no other setting to compare)."""
+    wide = os.environ.get("NUMBA_CPU_FEATURES", "")
+    if not wide.endswith(",-prefer-256-bit"):
+        return None
+    env = {**os.environ, "NUMBA_CPU_FEATURES": wide.removesuffix(",-prefer-256-bit")}
+    child = subprocess.run(
+        [sys.executable, __file__, "--narrow-vectors"], env=env, capture_output=True, text=True, check=True
+    )
+    return float(child.stdout.split()[-1])
+
+
 def main() -> None:
     docs = documents()
     array = pa.array(docs, pa.large_string())
     total_bytes = sum(len(d.encode()) for d in docs)
     minhash_signatures(array[:100])  # compile (or load the cached kernels)
+    if "--narrow-vectors" in sys.argv:
+        set_threads(1)
+        print(best_of(3, lambda: minhash_signatures(array)))
+        return
     hashes, offsets = shingle_hashes(array)
     shingles = len(hashes)
     signatures_from_hashes(hashes[:1000], np.array([0, 1000]))
@@ -66,6 +86,9 @@ def main() -> None:
     record(
         "permutation_only_lower_bound_1_thread", best_of(3, lambda: signatures_from_hashes(hashes, offsets))
     )
+    narrow = narrow_vectors_seconds()
+    if narrow is not None:
+        record("synthkiln_numba_1_thread_256_bit_vectors", narrow)
     set_threads(os.cpu_count() or 1)
 
     from datasketch import MinHash
