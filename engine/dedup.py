@@ -30,7 +30,8 @@ class NearDuplicates(Stage):
     """Reject a sample whose text is a near-duplicate of anything accepted so far (or of a corpus).
 
     Kept rows carry their signature in `minhash`, so committed shards hold the whole index: a resumed
-    run rebuilds it from them (`restore`).
+    run rebuilds it from them (`restore`). The field's metadata names the hashing scheme, so shards
+    written by a synthkiln that hashed differently are refused instead of silently never matching.
     """
 
     name = "dedup"
@@ -49,7 +50,7 @@ class NearDuplicates(Stage):
         self.threshold, self.num_perm, self.ngram = threshold, num_perm, ngram
         self.text_field, self.backend = text_field, backend
         self.fields = (
-            pa.field("minhash", pa.list_(pa.uint32(), num_perm)),
+            pa.field("minhash", pa.list_(pa.uint32(), num_perm), metadata={"hashing_scheme": str(SCHEME)}),
             pa.field("duplicate_of", pa.string()),
             pa.field("similarity", pa.float32()),
         )
@@ -79,6 +80,12 @@ class NearDuplicates(Stage):
     def restore(self, committed: pa.Table) -> None:
         if not committed.num_rows:
             return
+        scheme = int((committed.schema.field("minhash").metadata or {}).get(b"hashing_scheme", b"1"))
+        if scheme != SCHEME:
+            raise SynthkilnError(
+                f"the committed shards hold MinHash signatures of hashing scheme {scheme}, this synthkiln "
+                f"computes scheme {SCHEME}: resume with the synthkiln that wrote them, or start over (--fresh)"
+            )
         flat = committed.column("minhash").combine_chunks().flatten().to_numpy()
         signatures = np.concatenate(
             [self._index.signatures, flat.reshape(-1, self.num_perm).astype(np.uint32)]

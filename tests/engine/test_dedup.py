@@ -101,16 +101,23 @@ def test_corpus_index_is_reused_by_the_stage(planted, tmp_path: Path) -> None:
         NearDuplicates(text_field="text", against=[str(out)])
 
 
-def test_restore_keeps_ids_aligned_past_empty_rows() -> None:
+def test_restore_keeps_ids_aligned_past_empty_rows(tmp_path: Path) -> None:
     first = NearDuplicates(threshold=0.7)
     kept, _ = first.process(
         rows(["...", "alpha beta gamma delta epsilon zeta eta", "one two three four five six"], "a")
     )
     assert len(kept) == 3  # punctuation only: an empty signature, kept but never matched
+    pq.write_table(pa.Table.from_batches([kept.select(["id", "minhash"])]), tmp_path / "shard.parquet")
+    committed = pq.read_table(tmp_path / "shard.parquet")  # as the writer's shards come back
     restored = NearDuplicates(threshold=0.7)
-    restored.restore(pa.Table.from_batches([kept.select(["id", "minhash"])]))
+    restored.restore(committed)
     _, rejected = restored.process(rows(["one two three four five six"], "b"))
     assert rejected.column("duplicate_of").to_pylist() == ["a2"]
+    older = committed.cast(
+        pa.schema([committed.schema.field("id"), committed.schema.field("minhash").remove_metadata()])
+    )
+    with pytest.raises(SynthkilnError, match=r"hashing scheme 1.*--fresh"):
+        NearDuplicates(threshold=0.7).restore(older)  # shards of a synthkiln before the scheme was recorded
 
 
 def test_keep_by_score_column(planted, tmp_path: Path) -> None:
