@@ -4,7 +4,7 @@ Scheme (shared bit for bit by both backends):
 
 1. tokens: words (runs of bytes that :func:`text.fold_byte` keeps), or characters
    (UTF-8 code points, each separator run folded to one space);
-2. token hash: the token's mapped bytes cut into 8-byte little-endian chunks (the last one zero
+2. token hash: the token's folded bytes cut into 8-byte little-endian chunks (the last one zero
    padded), hashed as the polynomial ``sum(chunk_j * K**((j + 1) mod 256)) mod 2**64`` (K the 64-bit
    golden ratio constant). Tokens hold no zero byte, so distinct tokens of up to 8 bytes get distinct
    hashes; mixing is left to the shingle hash, which mixes once per shingle;
@@ -51,7 +51,7 @@ def _powers(count: int) -> np.ndarray:
 
 
 POWERS = _powers(256)  # K**i mod 2**64 for the polynomial token hash (chunk positions wrap at 256)
-_PAD = 80  # zero bytes after a document's mapped bytes: the separator block's tail plus one 16-byte read
+_PAD = 72  # zero bytes after a document's folded bytes: the separator block's tail plus one 8-byte read
 
 Backend = Literal["auto", "numba", "triton"]
 
@@ -204,7 +204,7 @@ def workspace(longest: int):
     """Scratch for the words tokenizer, enough for any document of up to `longest` bytes."""
     blocks = longest // 64 + 1
     return (
-        np.zeros(blocks * 64 + _PAD, np.uint8),  # mapped bytes, zero padded
+        np.zeros(blocks * 64 + _PAD, np.uint8),  # folded bytes, zero padded
         np.empty(blocks, np.uint64),  # one separator bit per byte
         np.empty(blocks * 64 + 8, np.int64),  # word edges (starts and ends, alternating)
         np.empty(blocks * 32 + 1, np.int64),  # the words longer than 8 bytes
@@ -227,17 +227,17 @@ def _tokenize_words(data, start, end, flags, work, out) -> np.int64:
     # word and a separator with bit operations (edges are written 8 at a time whether there are 8 or
     # not, so the loop exit is taken once per 64 bytes, the simdjson way), hash every word's first
     # 8 bytes in a branch-free loop that lists the longer words, then add their other chunks.
-    mapped, separators, edges, long_words = work
+    folded, separators, edges, long_words = work
     n = end - start
     text = data[start:end]  # a view from 0: indices the compiler knows are in range, so it vectorises
     for i in range(n):
-        mapped[i] = fold_byte(text[i], flags)
+        folded[i] = fold_byte(text[i], flags)
     blocks = n // 64 + 1  # covers byte n: every word ends before the padding does
-    mapped[n : blocks * 64 + 16] = 0
+    folded[n : blocks * 64 + 8] = 0
     for w in range(blocks):
         bits = np.uint64(0)
         for j in range(64):
-            bits |= np.uint64(mapped[w * 64 + j] == 0) << np.uint64(j)
+            bits |= np.uint64(folded[w * 64 + j] == 0) << np.uint64(j)
         separators[w] = bits
     count = np.int64(0)
     before = np.uint64(1)  # the byte before the text counts as a separator
@@ -258,28 +258,28 @@ def _tokenize_words(data, start, end, flags, work, out) -> np.int64:
     longer = 0
     for t in range(words):
         length = edges[2 * t + 1] - edges[2 * t]
-        out[t] = _chunk_term(mapped, edges[2 * t], length, 0)
+        out[t] = _chunk_term(folded, edges[2 * t], length, 0)
         long_words[longer] = t
         longer += length > 8
     for k in range(longer):
         t = long_words[k]
         length = edges[2 * t + 1] - edges[2 * t]
         for chunk in range(1, (length + 7) // 8):
-            out[t] += _chunk_term(mapped, edges[2 * t], length, chunk)
+            out[t] += _chunk_term(folded, edges[2 * t], length, chunk)
     return words
 
 
 @njit(inline="always", cache=True)
-def _chunk_term(mapped, first, length, chunk) -> np.uint64:
+def _chunk_term(folded, first, length, chunk) -> np.uint64:
     """chunk_j * K**(j + 1) of the token hash: the word's bytes [8j, 8j + 8), zero padded."""
     present = _low_bytes(min(length - 8 * chunk, 8))
-    return (_load_u64(mapped, first + 8 * chunk) & present) * POWERS[(chunk + 1) & 255]
+    return (_load_u64(folded, first + 8 * chunk) & present) * POWERS[(chunk + 1) & 255]
 
 
 @njit(inline="always", cache=True)
-def _add_byte(h: np.uint64, mapped: np.uint64, length: np.uint64) -> np.uint64:
+def _add_byte(h: np.uint64, folded: np.uint64, length: np.uint64) -> np.uint64:
     """The token hash with one more byte at `length`: byte-at-a-time form of the chunk polynomial."""
-    shifted = mapped << (np.uint64(8) * (length & np.uint64(7)))
+    shifted = folded << (np.uint64(8) * (length & np.uint64(7)))
     return h + shifted * POWERS[((length >> np.uint64(3)) + np.uint64(1)) & np.uint64(255)]
 
 
@@ -291,8 +291,8 @@ def _tokenize_chars(data, start, end, flags, out) -> np.int64:
     pending_space = False
     for i in range(start, end):
         byte = data[i]
-        mapped = fold_byte(byte, flags)
-        if mapped == 0:
+        folded = fold_byte(byte, flags)
+        if folded == 0:
             if length > 0:
                 out[count] = h
                 count += 1
@@ -310,7 +310,7 @@ def _tokenize_chars(data, start, end, flags, out) -> np.int64:
             out[count] = _add_byte(np.uint64(0), np.uint64(SPACE), np.uint64(0))
             count += 1
             pending_space = False
-        h = _add_byte(h, np.uint64(mapped), length)
+        h = _add_byte(h, np.uint64(folded), length)
         length += np.uint64(1)
     if length > 0:
         out[count] = h
