@@ -225,7 +225,7 @@ def _inspect(args: argparse.Namespace) -> int:
         return 0
     table = ds.dataset(shards, format="parquet").head(args.rows)
     print("\nschema:")
-    print(table.schema.to_string(show_schema_metadata=False))
+    print(table.schema.to_string(show_field_metadata=False, show_schema_metadata=False))
     print()
     for row in table.to_pylist():
         prompt = next((m["content"] for m in row["messages"] if m["role"] == "user"), "")
