@@ -1,4 +1,7 @@
-"""MinHash text-to-signature throughput: synthkiln (Numba) vs rensa and datasketch, in one run.
+"""MinHash text-to-signature throughput: synthkiln vs rensa and datasketch, in one run.
+
+synthkiln runs its Numba kernel at 1 and 2 threads (and with 256-bit vectors, in a child process),
+its permutation stage alone, and its Triton kernel where CUDA is available.
 
 Same documents (20k real-text documents of ~2 KB built from GSM8K), word 5-gram shingles, 128
 permutations. Peers get what they need to run: rensa and datasketch take Python shingle lists
@@ -19,7 +22,13 @@ import numpy as np
 import pyarrow as pa
 from common import GSM8K, best_of, save_report
 
-from synthkiln.kernels.minhash import minhash_signatures, set_threads, shingle_hashes, signatures_from_hashes
+from synthkiln.kernels.minhash import (
+    minhash_signatures,
+    pick_backend,
+    set_threads,
+    shingle_hashes,
+    signatures_from_hashes,
+)
 
 NUM_PERM, NGRAM = 128, 5
 
@@ -59,10 +68,10 @@ def main() -> None:
     docs = documents()
     array = pa.array(docs, pa.large_string())
     total_bytes = sum(len(d.encode()) for d in docs)
-    minhash_signatures(array[:100])  # compile (or load the cached kernels)
+    minhash_signatures(array[:100], backend="numba")  # compile (or load the cached kernels)
     if "--narrow-vectors" in sys.argv:
         set_threads(1)
-        print(best_of(3, lambda: minhash_signatures(array)))
+        print(best_of(3, lambda: minhash_signatures(array, backend="numba")))
         return
     hashes, offsets = shingle_hashes(array)
     shingles = len(hashes)
@@ -81,7 +90,10 @@ def main() -> None:
 
     for threads in (1, 2):
         set_threads(threads)
-        record(f"synthkiln_numba_{threads}_thread", best_of(3, lambda: minhash_signatures(array)))
+        record(
+            f"synthkiln_numba_{threads}_thread",
+            best_of(3, lambda: minhash_signatures(array, backend="numba")),
+        )
     set_threads(1)
     record(
         "permutation_only_lower_bound_1_thread", best_of(3, lambda: signatures_from_hashes(hashes, offsets))
@@ -89,6 +101,9 @@ def main() -> None:
     narrow = narrow_vectors_seconds()
     if narrow is not None:
         record("synthkiln_numba_1_thread_256_bit_vectors", narrow)
+    if pick_backend("auto") == "triton":  # a GPU: the Triton kernel, copies to and from the device included
+        minhash_signatures(array[:100], backend="triton")
+        record("synthkiln_triton_gpu", best_of(3, lambda: minhash_signatures(array, backend="triton")))
     set_threads(os.cpu_count() or 1)
 
     from datasketch import MinHash
