@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from synthkiln.kernels.minhash import POWERS
-from synthkiln.kernels.minhash_triton import rotl, tokenize
+from synthkiln.kernels.minhash_triton import BYTES, rotl, tokenize
 from synthkiln.kernels.text import TextBuffers
 
 
@@ -61,7 +61,7 @@ def _probe_kernel(
     end = tl.load(offsets_ptr + doc + 1)
     end = tl.where(tl.load(nulls_ptr + doc) != 0, start, end)
     tokens = scratch_ptr + start + 2 * doc
-    count = tokenize(data_ptr, table_ptr, powers_ptr, tokens, start, end, False)
+    count = tokenize(data_ptr, table_ptr, powers_ptr, tokens, start, end, False, BYTES)
     found = tl.full((), 0, tl.int64)
     out = tl.load(starts_ptr + c)  # zeros when counting
     prefix_span = tl.load(prefix_span_ptr)
