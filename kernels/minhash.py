@@ -8,9 +8,10 @@ Scheme (shared bit for bit by both backends):
    padded), hashed as the polynomial ``sum(chunk_j * K**((j + 1) mod 256)) mod 2**64`` (K the 64-bit
    golden ratio constant). Tokens hold no zero byte, so distinct tokens of up to 8 bytes get distinct
    hashes; mixing is left to the shingle hash, which mixes once per shingle;
-3. shingle hash: ``ngram`` consecutive token hashes rotated by their position and xor-ed (a rolling
-   hash), multiplied by the golden ratio constant, folded to 32 bits and mixed with ``fmix32`` (a
-   document with fewer tokens is one shingle of all of them);
+3. shingle hash: ``ngram`` consecutive token hashes rotated by their position and xor-ed
+   (``XOR_k rotl(t[i+k], (ngram-1-k)*27)``, which the n-gram index computes as a rolling hash),
+   multiplied by the golden ratio constant, folded to 32 bits and mixed with ``fmix32`` (a document
+   with fewer tokens is one shingle of all of them);
 4. signature: ``num_perm`` affine permutations ``a*x + b mod 2**32`` (``a`` odd), minimum over shingles.
 
 A document without tokens (empty, whitespace or punctuation only, or null) gets the all-ones
