@@ -6,11 +6,18 @@ names live under ``synthkiln`` so they never collide with unrelated PyPI package
 
 from setuptools import setup
 
+ENGINE_ROLES = ("corpus", "output", "stages", "teachers")  # engine/'s sub-packages, one per role
+
 setup(
-    packages=["synthkiln.engine", "synthkiln.engine.teachers", "synthkiln.kernels", "synthkiln.verifiers"],
+    packages=[
+        "synthkiln.engine",
+        *(f"synthkiln.engine.{role}" for role in ENGINE_ROLES),
+        "synthkiln.kernels",
+        "synthkiln.verifiers",
+    ],
     package_dir={
         "synthkiln.engine": "engine",
-        "synthkiln.engine.teachers": "engine/teachers",
+        **{f"synthkiln.engine.{role}": f"engine/{role}" for role in ENGINE_ROLES},
         "synthkiln.kernels": "kernels",
         "synthkiln.verifiers": "verifiers",
     },

@@ -22,8 +22,9 @@ import pyarrow as pa
 from common import GSM8K, best_of, save_report
 from ngram_baseline import NgramBaseline
 
+from synthkiln.engine.benchmarks import BenchmarkSource
 from synthkiln.engine.config import BenchmarkConfig, DecontaminateConfig
-from synthkiln.engine.decontam import BenchmarkSource, ContaminationIndex
+from synthkiln.engine.stages.decontam import ContaminationIndex
 from synthkiln.kernels.minhash import set_threads
 
 SHARED = GSM8K.parents[1]
@@ -74,7 +75,7 @@ def main() -> None:
         build(small).find(pa.array(["compile the kernels"]))  # Numba compiles or loads its cache first
         build_seconds = best_of(3, lambda: build(small))
         ContaminationIndex.for_config(DecontaminateConfig(benchmarks=small))  # writes the cache entry
-        from synthkiln.engine import decontam
+        from synthkiln.engine.stages import decontam
 
         def cached() -> None:
             decontam._LOADED.clear()

@@ -209,7 +209,7 @@ def format_funnel(manifest: dict[str, Any]) -> str:
 def _inspect(args: argparse.Namespace) -> int:
     import pyarrow.dataset as ds
 
-    from synthkiln.engine.writer import MANIFEST
+    from synthkiln.engine.output.writer import MANIFEST
 
     directory = Path(args.dir)
     manifest_path = directory / MANIFEST
@@ -241,7 +241,7 @@ def _clip(text: str, width: int = 160) -> str:
 
 
 def _dedup(args: argparse.Namespace) -> int:
-    from synthkiln.engine.dedup import dedup_corpus
+    from synthkiln.engine.corpus.dedup import dedup_corpus
 
     if not 0 < args.threshold < 1:
         raise SynthkilnError(f"--threshold must be between 0 and 1, got {args.threshold}")
@@ -281,7 +281,7 @@ class _BenchmarkFieldsAction(argparse.Action):
 
 
 def _builtin_benchmarks() -> list[str]:
-    from synthkiln.engine.decontam import BUILTIN
+    from synthkiln.engine.benchmarks import BUILTIN
 
     return sorted(BUILTIN)
 
@@ -290,7 +290,7 @@ def _decontaminate(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from synthkiln.engine.config import DecontaminateConfig
-    from synthkiln.engine.decontam import decontaminate_corpus
+    from synthkiln.engine.corpus.decontaminate import decontaminate_corpus
 
     try:
         config = DecontaminateConfig(
@@ -318,7 +318,8 @@ def _decontaminate(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from synthkiln.engine.config import VerifyConfig
-    from synthkiln.engine.verify import build_pool, build_verifier, verify_corpus
+    from synthkiln.engine.corpus.verify import verify_corpus
+    from synthkiln.engine.stages.verify import build_pool, build_verifier
 
     given = {
         "code_field": args.code_field, "tests_field": args.tests_field, "entry_point_field": args.entry_point_field,

@@ -25,12 +25,12 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from synthkiln.engine.config import Recipe, load_recipe, recipe_from_dict
+from synthkiln.engine.output.writer import SEEDS_STAGE, DatasetWriter
 from synthkiln.engine.schema import ROW_SCHEMA, conform, rejected_schema, with_fields
 from synthkiln.engine.seeds import SeedRow, count_seeds, describe_seeds, read_seeds
 from synthkiln.engine.stages import Stage, default_prompt_stages, default_stages
 from synthkiln.engine.tasks import Prompt, ResponseParseError, SeedRowError, Task, build_task
 from synthkiln.engine.teachers import Completion, GenerationRequest, Teacher, build_teacher, sample_seed
-from synthkiln.engine.writer import SEEDS_STAGE, DatasetWriter
 
 _IN_FLIGHT = 1
 

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from synthkiln.engine import Pipeline
-from synthkiln.engine.dedup import NearDuplicates
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.schema import ROW_SCHEMA
+from synthkiln.engine.stages.dedup import NearDuplicates
 from synthkiln.kernels.minhash import shingle_hashes
 from tests.conftest import REPO, synthkiln_command
 

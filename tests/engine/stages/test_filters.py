@@ -3,7 +3,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from synthkiln.engine.schema import ROW_SCHEMA
-from synthkiln.engine.stages import (
+from synthkiln.engine.stages.filters import (
     EmptyResponse,
     FirstPerPrompt,
     ReferenceAnswer,

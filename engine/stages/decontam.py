@@ -1,5 +1,5 @@
-"""Benchmark decontamination: a registry of evaluation sets, an index of their items, and the stage and
-corpus command that remove rows containing any of them.
+"""Benchmark decontamination: an index of the benchmark items (the registry is
+:mod:`synthkiln.engine.benchmarks`) and the stage that removes rows containing any of them.
 
 Every protected field of every benchmark row is an *item*. Texts are compared as normalised words
 (lowercase, punctuation as separators, apostrophes dropped so "it's" and "its" agree), two ways:
@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from synthkiln.engine.config import BenchmarkConfig, DecontaminateConfig
-from synthkiln.engine.corpus import Source, iter_sources, prepare_output, write_parts
+from synthkiln.engine.benchmarks import BenchmarkSource, Items, read_items
+from synthkiln.engine.config import DecontaminateConfig
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.models import cache_dir
-from synthkiln.engine.stages import Stage
-from synthkiln.engine.writer import write_text_atomic
+from synthkiln.engine.stages.base import Stage
 from synthkiln.kernels.minhash import SCHEME
 from synthkiln.kernels.ngram_index import NgramIndex, densest_windows, ngram_hashes, run_starts
 from synthkiln.kernels.text import Normalization, TextBuffers, as_text_buffers
@@ -45,33 +43,6 @@ _INDEX_FORMAT = 1
 _SPAN_CHARS = 300
 _WINDOW_STRETCH = 1.5  # a fuzzy window may be this much longer than the item (inserted words)
 
-
-@dataclass(frozen=True)
-class BuiltinBenchmark:
-    fields: tuple[str, ...]
-    id_field: str | None
-    hf_dataset: str
-    hf_config: str | None
-    split: str
-
-
-BUILTIN: dict[str, BuiltinBenchmark] = {
-    "gsm8k": BuiltinBenchmark(("question", "answer"), None, "openai/gsm8k", "main", "test"),
-    "math": BuiltinBenchmark(("problem", "solution"), "unique_id", "HuggingFaceH4/MATH-500", None, "test"),
-    "humaneval": BuiltinBenchmark(
-        ("prompt", "canonical_solution"), "task_id", "openai/openai_humaneval", None, "test"
-    ),
-    "mbpp": BuiltinBenchmark(("text", "code"), "task_id", "google-research-datasets/mbpp", "full", "test"),
-    "mmlu": BuiltinBenchmark(("question", "choices"), None, "cais/mmlu", "all", "test"),
-    "arc": BuiltinBenchmark(("question", "choices"), "id", "allenai/ai2_arc", "ARC-Challenge", "test"),
-    "hellaswag": BuiltinBenchmark(("ctx", "endings"), "ind", "Rowan/hellaswag", None, "validation"),
-    "truthfulqa": BuiltinBenchmark(
-        ("question", "best_answer"), None, "truthfulqa/truthful_qa", "generation", "validation"
-    ),
-    "gpqa": BuiltinBenchmark(
-        ("Question", "Correct Answer"), "Record ID", "Idavidrein/gpqa", "gpqa_diamond", "train"
-    ),
-}
 
 CONTAMINATION = pa.struct(
     [
@@ -89,147 +60,6 @@ def normalization(config: DecontaminateConfig) -> Normalization:
     return Normalization(
         lowercase=True, punctuation=True, unicode=config.unicode, delete="'\u2019"
     )  # ASCII and typographic apostrophes
-
-
-# -- the registry ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BenchmarkSource:
-    """Where a benchmark's rows come from and which fields are protected (None: every string field)."""
-
-    name: str
-    path: Path | None
-    fields: tuple[str, ...] | None
-    id_field: str | None
-    hf: tuple[str, str | None, str] | None  # dataset, config, split
-
-    @classmethod
-    def of(cls, config: BenchmarkConfig) -> BenchmarkSource:
-        builtin = BUILTIN.get(config.name.lower())
-        fields = tuple(config.fields) if config.fields else (builtin.fields if builtin else None)
-        id_field = config.id_field or (builtin.id_field if builtin else None)
-        if config.path is not None:
-            return cls(config.name, Path(config.path), fields, id_field, None)
-        if config.hf_dataset is not None:
-            return cls(
-                config.name,
-                None,
-                fields,
-                id_field,
-                (config.hf_dataset, config.hf_config, config.split or "test"),
-            )
-        if builtin is None:
-            known = ", ".join(sorted(BUILTIN))
-            raise SynthkilnError(
-                f"benchmark '{config.name}': not a built-in benchmark ({known}); give its file as NAME=PATH"
-            )
-        return cls(config.name, None, fields, id_field,
-                   (builtin.hf_dataset, builtin.hf_config, config.split or builtin.split))  # fmt: skip
-
-    @property
-    def location(self) -> str:
-        if self.path is not None:
-            return str(self.path)
-        dataset, config, split = self.hf  # type: ignore[misc]
-        return f"hf:{dataset}" + (f"/{config}" if config else "") + f":{split}"
-
-    def table(self) -> pa.Table:
-        if self.path is not None:
-            if not self.path.is_file():
-                raise SynthkilnError(f"benchmark '{self.name}': {self.path}: no such file")
-            return Source(self.path).table()
-        return self._hf_table()
-
-    def digest(self) -> str:
-        """sha256 of the file (or the Hugging Face dataset's fingerprint): what the index is keyed by."""
-        if self.path is None:
-            return f"hf-fingerprint:{self._hf_dataset()._fingerprint}"
-        if not self.path.is_file():
-            raise SynthkilnError(f"benchmark '{self.name}': {self.path}: no such file")
-        digest = hashlib.sha256()
-        with open(self.path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
-
-    def _hf_dataset(self) -> Any:
-        dataset, config, split = self.hf  # type: ignore[misc]
-        try:
-            import datasets
-        except ImportError:
-            raise SynthkilnError(
-                f"benchmark '{self.name}' comes from Hugging Face ({dataset}) and needs `datasets`: "
-                f"pip install 'synthkiln[hf]', or give a local copy as {self.name}=PATH"
-            ) from None
-        try:
-            return datasets.load_dataset(dataset, config, split=split)
-        except Exception as exc:  # the hub raises many types (offline, gated, missing split)
-            raise SynthkilnError(
-                f"benchmark '{self.name}': cannot load {self.location} ({type(exc).__name__}: {exc}); "
-                f"give a local copy as {self.name}=PATH"
-            ) from None
-
-    def _hf_table(self) -> pa.Table:
-        return pa.Table.from_pylist(self._hf_dataset().to_list())
-
-
-@dataclass
-class Items:
-    """Every protected text of the benchmarks: one item per (benchmark row, field)."""
-
-    texts: list[str] = field(default_factory=list)
-    benchmark: list[int] = field(default_factory=list)
-    item_id: list[str] = field(default_factory=list)
-    field_name: list[str] = field(default_factory=list)
-
-
-def _read_items(source: BenchmarkSource, number: int, items: Items) -> dict[str, Any]:
-    table = source.table()
-    if table.num_rows == 0:
-        raise SynthkilnError(f"benchmark '{source.name}': {source.location} holds no rows")
-    fields = source.fields or tuple(
-        f.name
-        for f in table.schema
-        if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type)) and f.name != source.id_field
-    )
-    missing = [f for f in fields if f not in table.schema.names]
-    if missing or not fields:
-        raise SynthkilnError(
-            f"benchmark '{source.name}': {source.location} has no field {', '.join(map(repr, missing))} "
-            f"(fields: {', '.join(table.schema.names)}); choose with --benchmark-fields or `fields`"
-        )
-    if source.id_field is not None and source.id_field not in table.schema.names:
-        raise SynthkilnError(
-            f"benchmark '{source.name}': {source.location} has no id field '{source.id_field}'"
-        )
-    ids = (
-        [str(v) for v in table.column(source.id_field).to_pylist()]
-        if source.id_field
-        else [str(r) for r in range(table.num_rows)]
-    )
-    before = len(items.texts)
-    for name in fields:
-        for row, value in enumerate(table.column(name).to_pylist()):
-            text = _as_text(value)
-            if text:
-                items.texts.append(text)
-                items.benchmark.append(number)
-                items.item_id.append(ids[row])
-                items.field_name.append(name)
-    return {"rows": table.num_rows, "fields": list(fields), "items": len(items.texts) - before}
-
-
-def _as_text(value: Any) -> str | None:
-    """Strings as they are; lists (choices) and mappings (ARC's choices) as their joined strings."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, list):
-        parts = [_as_text(v) for v in value]
-        return "\n".join(p for p in parts if p)
-    return str(value)
 
 
 # -- the index ---------------------------------------------------------------------------------------
@@ -312,7 +142,7 @@ class ContaminationIndex:
         for number, (source, digest) in enumerate(
             tqdm(list(zip(sources, digests, strict=True)), desc="benchmarks", disable=not progress)
         ):
-            read = _read_items(source, number, items)
+            read = read_items(source, number, items)
             described.append({"name": source.name, "source": source.location, "sha256": digest, **read})
         norm = normalization(config)
         texts = pa.array(items.texts, pa.large_string())
@@ -553,80 +383,3 @@ class Decontaminate(Stage):
 
 def contamination_column(matches: list[Match | None]) -> pa.Array:
     return pa.array([None if m is None else m.as_dict() for m in matches], CONTAMINATION)
-
-
-# -- corpus mode -------------------------------------------------------------------------------------
-
-
-@dataclass
-class DecontaminationReport:
-    rows: int = 0
-    kept: int = 0
-    removed: int = 0
-    quarantined: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)
-    benchmarks: list[dict[str, Any]] = field(default_factory=list)
-
-
-_CORPUS_FORMAT = "synthkiln-decontaminate/1"
-
-
-def decontaminate_corpus(
-    inputs: list[Path],
-    out_dir: Path,
-    config: DecontaminateConfig,
-    text_field: str = "text",
-    progress: bool = True,
-) -> DecontaminationReport:
-    """One pass: each input file's rows split into `data/` and `rejected/` shards, then the manifest."""
-    sources = iter_sources(inputs, text_field)  # every input is found before anything is written
-    report = DecontaminationReport()
-    started = time.perf_counter()
-    index = ContaminationIndex.for_config(config, progress=progress)
-    report.seconds["index"] = time.perf_counter() - started
-    mark = time.perf_counter()
-    hit_items: dict[str, set[str]] = {b["name"]: set() for b in index.benchmarks}
-    removed: dict[str, int] = dict.fromkeys(hit_items, 0)
-    prepare_output(out_dir, _CORPUS_FORMAT)
-    with tqdm(desc="decontaminate", unit="row", disable=not progress) as bar:
-        for number, source in enumerate(sources):
-            kept_parts, rejected_parts = [], []
-            for batch in source.batches():
-                texts = batch.column(text_field)
-                null = pc.is_null(texts).to_numpy(zero_copy_only=False)
-                matches = index.find(pc.fill_null(texts, ""))
-                for match in matches:
-                    if match is not None:
-                        hit_items[match.benchmark].add(f"{match.item_id}/{match.field}")
-                        removed[match.benchmark] += 1
-                dropped = null | np.array([m is not None for m in matches], bool)
-                kept_parts.append(batch.filter(pa.array(~dropped)))
-                if dropped.any():
-                    rejected = batch.append_column("contamination", contamination_column(matches))
-                    reasons = [
-                        f"null {text_field}" if n else (f"contaminated:{m.benchmark}" if m else None)
-                        for n, m in zip(null, matches, strict=True)
-                    ]
-                    rejected = rejected.append_column("reason", pa.array(reasons, pa.string()))
-                    rejected_parts.append(rejected.filter(pa.array(dropped)))
-                report.rows += len(batch)
-                report.quarantined += int(null.sum())
-                report.removed += int((dropped & ~null).sum())
-                bar.update(len(batch))
-            write_parts(out_dir, number, kept_parts, rejected_parts)
-    report.kept = report.rows - report.removed - report.quarantined
-    report.seconds["check"] = time.perf_counter() - mark
-    report.benchmarks = [
-        {**b, "items_hit": len(hit_items[b["name"]]), "rows_removed": removed[b["name"]]}
-        for b in index.describe()
-    ]
-    manifest = {
-        "format": _CORPUS_FORMAT,
-        "inputs": [str(s.path) for s in sources],
-        "parameters": {"text_field": text_field, **config.model_dump(mode="json", exclude={"benchmarks", "text_field", "seeds"})},
-        "rows": report.rows, "kept": report.kept, "removed": report.removed, "quarantined": report.quarantined,
-        "decontaminated_against": report.benchmarks,
-        "seconds": {k: round(v, 3) for k, v in report.seconds.items()},
-    }  # fmt: skip
-    write_text_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
-    return report

@@ -11,7 +11,7 @@ import pytest
 from synthkiln.engine import Pipeline
 from synthkiln.engine.answers import answers_match, extract_final_answer
 from synthkiln.engine.errors import SynthkilnError
-from synthkiln.engine.verify import Verify, build_verifier
+from synthkiln.engine.stages.verify import Verify, build_verifier
 from synthkiln.verifiers import VerifierPool
 from tests.conftest import REPO, synthkiln_command
 

@@ -10,8 +10,8 @@ import yaml
 
 from synthkiln.engine.config import recipe_from_dict
 from synthkiln.engine.errors import OutputError
+from synthkiln.engine.output.writer import DatasetWriter
 from synthkiln.engine.schema import ROW_SCHEMA, rejected_schema
-from synthkiln.engine.writer import DatasetWriter
 
 RUN_INFO = {
     "teachers": [{"name": "smol", "backend": "transformers", "model": "SmolLM2-135M-Instruct"}],

@@ -11,10 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synthkiln.engine import decontam
 from synthkiln.engine.config import BenchmarkConfig, DecontaminateConfig
-from synthkiln.engine.decontam import ContaminationIndex, Decontaminate, decontaminate_corpus
+from synthkiln.engine.corpus.decontaminate import decontaminate_corpus
 from synthkiln.engine.errors import SynthkilnError
+from synthkiln.engine.stages import decontam
+from synthkiln.engine.stages.decontam import ContaminationIndex, Decontaminate
 from tests.conftest import REPO, SHARED_BENCHMARKS, synthkiln_command
 
 

@@ -27,9 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from synthkiln.engine.card import render_card
 from synthkiln.engine.config import Recipe
 from synthkiln.engine.errors import OutputError
+from synthkiln.engine.output.card import render_card
 from synthkiln.engine.schema import ROW_SCHEMA, conform, rejected_schema
 
 MANIFEST = "manifest.json"

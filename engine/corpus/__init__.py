@@ -142,7 +142,7 @@ def write_parts(
     out_dir: Path, number: int, kept: list[pa.RecordBatch], rejected: list[pa.RecordBatch]
 ) -> None:
     """Input file `number`'s kept rows to `data/` and removed ones to `rejected/` (atomic; empty: none)."""
-    from synthkiln.engine.writer import write_parquet_atomic
+    from synthkiln.engine.output.writer import write_parquet_atomic
 
     for folder, batches in (("data", kept), ("rejected", rejected)):
         if sum(len(b) for b in batches):

@@ -1,0 +1,1 @@
+"""The one guarded output writer, the manifest and the dataset card."""
