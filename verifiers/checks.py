@@ -32,6 +32,7 @@ class Verdict:
     output: str = ""  # the job's stdout/stderr, truncated
     tests: list[dict[str, Any]] = field(default_factory=list)  # per-test outcomes where there are several
     sandbox: str | None = None  # isolation the job ran under; None when nothing ran
+    reason: str = ""  # a machine-readable cause where one applies (`no-tests`)
 
     @property
     def passed(self) -> bool:
@@ -110,6 +111,11 @@ class Verifier(ABC):
     ) -> Verdict:
         raise NotImplementedError(f"{self.name} runs no sandboxed job")
 
+    def _no_tests(self, why: str, execution: Execution | None = None, output: str = "") -> Verdict:
+        verdict = self._verdict("failed", f"no-tests: {why}", execution, output)
+        verdict.reason = "no-tests"
+        return verdict
+
     def _verdict(
         self,
         status: Status,
@@ -147,7 +153,9 @@ def _field(row: dict[str, Any], name: str) -> Any:
 
 
 class PythonTests(Verifier):
-    """Code plus tests in one module namespace (HumanEval style: `check(entry_point)` when given)."""
+    """The code in one sandboxed process, the tests in another (HumanEval style: `check(entry_point)`
+    when given); the tests call the code's functions through a pipe that carries plain data only (see
+    harness.py). A job in which no `assert` ran fails with reason `no-tests`."""
 
     name = "python-tests"
 
@@ -176,7 +184,12 @@ class PythonTests(Verifier):
         self, row: dict[str, Any], report: dict[str, Any], execution: Execution, output: str
     ) -> Verdict:
         if report.get("passed") is True:
-            return self._verdict("passed", "every test ran to completion", execution, output)
+            ran = report.get("assertions")
+            if type(ran) is not int or ran <= 0:
+                return self._no_tests("no assertion ran (empty or comment-only tests?)", execution, output)
+            return self._verdict(
+                "passed", f"every test ran to completion ({ran} assertions)", execution, output
+            )
         where = f" at {report['where']}" if report.get("where") else ""
         line = f" ({report['line']})" if report.get("line") else ""
         return self._verdict(
@@ -206,6 +219,8 @@ class StdioTests(Verifier):
             return self._verdict("blocked", f"a program of {len(program)} characters: not run")
         if isinstance(cases, str):
             cases = json.loads(cases)
+        if isinstance(cases, list) and not cases:
+            return self._no_tests(f"{self.cases_field!r} holds no case")
         if not cases or not all(isinstance(c, dict) and "input" in c and "output" in c for c in cases):
             return self._verdict("error", f"{self.cases_field!r} must be a list of {{input, output}}")
         return Job("stdio-tests", {"program": program, "cases": [{"input": c["input"]} for c in cases],

@@ -66,7 +66,7 @@ def test_objects_equal_to_everything_fail(pool) -> None:
     code = "class Anything:\n    def __eq__(self, other):\n        return True\ndef add(a, b):\n    return Anything()"
     tests = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4"
     verdict = pool.check_batch(PythonTests(), [{"code": code, "tests": tests, "entry_point": "add"}])[0]
-    assert verdict.status == "failed" and "returned Anything" in verdict.detail
+    assert verdict.status == "failed" and verdict.detail.startswith("AssertionError at tests.py:2")
     honest = "def add(a, b):\n    return a + b"
     assert pool.check_batch(PythonTests(), [{"code": honest, "tests": tests, "entry_point": "add"}])[0].passed
 
@@ -148,7 +148,8 @@ def test_schema_regex_and_length() -> None:
     wrong = schema.job({"response": '{"name": "Ada", "age": "old"}'})
     assert wrong.status == "failed" and wrong.detail.startswith("age:")
     assert "not JSON" in schema.job({"response": "{name: Ada}"}).detail
-    assert "[" * 100000 and schema.job({"response": "[" * 100000}).status == "failed"
+    deep = schema.job({"response": "[" * 100000})  # nesting past the decoder's recursion limit
+    assert deep.status == "failed" and deep.detail.startswith("not JSON")
     assert Regex(r"^\d{3}-\d{4}$").job({"response": "555-1234"}).passed
     assert not Regex(r"^\d{3}-\d{4}$").job({"response": "call 555-1234"}).passed
     assert Length(2, 3).job({"response": "two words"}).passed
