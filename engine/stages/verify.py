@@ -19,6 +19,7 @@ from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.schema import VERDICT
 from synthkiln.engine.stages.base import Stage, set_column
 from synthkiln.verifiers import VERIFIERS, Judge, Limits, SandboxUnavailable, Verdict, Verifier, VerifierPool
+from synthkiln.verifiers.errors import VerifierError
 
 _RENAMED = {"field": "field_name"}  # recipe/CLI spelling -> constructor argument
 
@@ -40,10 +41,14 @@ def build_verifier(
     options = {_RENAMED.get(k, k): v for k, v in options.items() if k != "name"}
     if name in ("judge", "knowledge-base"):
         teacher = _teacher(options.pop("teacher", None) or default_teacher or {"backend": "transformers"})
+        generate = _generate(teacher, options.pop("max_tokens", 96))
         if name == "judge":
-            options["teacher"] = teacher
+            options.update(generate=generate, release=teacher.close)
         else:
-            options["judge"] = Judge(teacher, threshold=options.pop("threshold", 7))
+            try:
+                options["judge"] = Judge(generate, threshold=options.pop("threshold", 7), release=teacher.close)
+            except VerifierError as exc:
+                raise SynthkilnError(f"verifier {name}: {exc}") from None
     if name == "json-schema" and "schema_file" in options:
         path = Path(options.pop("schema_file"))
         try:
@@ -57,6 +62,8 @@ def build_verifier(
     options = {key: value for key, value in options.items() if key in accepted}
     try:
         return VERIFIERS[name](**options)
+    except VerifierError as exc:  # the verifiers' own error names the file or option
+        raise SynthkilnError(f"verifier {name}: {exc}") from None
     except Exception as exc:  # a bad pattern or schema names itself here
         raise SynthkilnError(f"verifier {name}: {type(exc).__name__}: {exc}") from None
 
@@ -73,6 +80,20 @@ def _teacher(config: dict[str, Any]) -> Any:
         raise SynthkilnError(f"judge teacher {config}: {exc.errors()[0]['msg']}") from None
 
 
+def _generate(teacher: Any, max_tokens: int) -> Any:
+    """The judge's `generate`: each prompt as one user turn to `teacher`, one greedy reply each."""
+    from synthkiln.engine.config import SamplingConfig
+    from synthkiln.engine.teachers import GenerationRequest
+
+    sampling = SamplingConfig(temperature=0, max_tokens=max_tokens)
+
+    def generate(prompts: list[str]) -> list[str]:
+        requests = [GenerationRequest([{"role": "user", "content": prompt}]) for prompt in prompts]
+        return [replies[0].text for replies in teacher.generate(requests, sampling)]
+
+    return generate
+
+
 def build_pool(config: VerifyConfig) -> VerifierPool:
     limits = Limits(wall_seconds=config.wall_seconds, memory_bytes=config.memory_mb << 20)
     try:
@@ -85,6 +106,7 @@ def verify_rows(
     pool: VerifierPool, verifiers: list[Verifier], rows: list[dict[str, Any]]
 ) -> list[list[Verdict]]:
     """Each row's verdicts, cheapest verifier first, stopping at a row's first failure."""
+    rows = [_with_seed_fields_dict(row) for row in rows]
     verdicts: list[list[Verdict]] = [[] for _ in rows]
     alive = list(range(len(rows)))
     for verifier in sorted(verifiers, key=lambda v: v.cost):
@@ -93,6 +115,17 @@ def verify_rows(
             verdicts[index].append(verdict)
         alive = [i for i, v in zip(alive, results, strict=True) if v.passed]
     return verdicts
+
+
+def _with_seed_fields_dict(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with `seed_fields` as a dict: stored as {key, value} entries (an Arrow type `datasets`
+    maps), read by verifiers through dotted names (`seed_fields.test`)."""
+    entries = row.get("seed_fields")
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and e.keys() == {"key", "value"} for e in entries
+    ):
+        return row  # absent, or a corpus's own column of another shape: verifiers read it as it is
+    return {**row, "seed_fields": {entry["key"]: entry["value"] for entry in entries}}
 
 
 def record_verdict(verdict: Verdict) -> dict[str, Any]:

@@ -9,8 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synthkiln.engine.errors import SynthkilnError
-from synthkiln.verifiers import Judge, KnowledgeBase, RewardModel, VerifierPool
+from synthkiln.verifiers import Judge, KnowledgeBase, RewardModel, VerifierError, VerifierPool
 from synthkiln.verifiers.judges import Embedder, parse_score
 
 
@@ -39,19 +38,55 @@ QUESTIONS = [
 ]
 
 
-@pytest.mark.slow
-def test_judge_grades_with_a_real_model(hf_teacher) -> None:
-    judge = Judge(hf_teacher, threshold=5)
+def scripted(replies: dict[str, str], default: str = "Score: 1") -> tuple[list[str], object]:
+    """A judge model that answers deterministically: the reply of the first key found in the prompt."""
+    prompts: list[str] = []
+
+    def generate(batch: list[str]) -> list[str]:
+        prompts.extend(batch)
+        return [next((r for key, r in replies.items() if key in p), default) for p in batch]
+
+    return prompts, generate
+
+
+def test_judge_grades_what_its_model_says() -> None:
+    prompts, generate = scripted(
+        {"Paris is the capital": "Correct and complete.\nScore: 9", "Bananas": "Off topic. 2/10"}
+    )
+    released: list[bool] = []
+    judge = Judge(generate, threshold=5, release=lambda: released.append(True))
     with VerifierPool(workers=1) as pool:
         verdicts = pool.check_batch(judge, QUESTIONS)
-    assert len(verdicts) == 2
-    for verdict in verdicts:
-        assert verdict.verifier == "judge" and verdict.status in ("passed", "failed")
-        match = verdict.detail.startswith("score ")
-        assert match or verdict.detail.startswith("no score")
-        if match:
-            score = float(verdict.detail.split()[1].split("/")[0])
-            assert (score >= 5) == verdict.passed
+    assert [v.status for v in verdicts] == ["passed", "failed"]
+    assert verdicts[0].detail.startswith("score 9/10 (threshold 5)") and "score 2/10" in verdicts[1].detail
+    assert "What is the capital of France?" in prompts[0] and "Paris is the capital of France." in prompts[0]
+    unscored = Judge(scripted({}, default="I cannot say.")[1]).verdicts(QUESTIONS[:1])[0]
+    assert unscored.status == "failed" and unscored.detail.startswith("no score")
+    judge.close()
+    assert released == [True]
+    with pytest.raises(VerifierError, match="threshold"):
+        Judge(generate, threshold=11)
+
+
+def test_judge_refuses_a_model_that_drops_prompts() -> None:
+    with pytest.raises(VerifierError, match="answered 0 of 2"):
+        Judge(lambda prompts: []).verdicts(QUESTIONS)
+
+
+@pytest.mark.slow
+def test_judge_grades_with_a_real_model(hf_teacher) -> None:
+    from synthkiln.engine.stages.verify import _generate
+
+    replies: list[str] = []
+    real = _generate(hf_teacher, 96)
+    judge = Judge(lambda prompts: replies.extend(real(prompts)) or replies[-len(prompts) :], threshold=5)
+    with VerifierPool(workers=1) as pool:
+        verdicts = pool.check_batch(judge, QUESTIONS)
+    assert len(verdicts) == 2 and len(replies) == 2
+    for verdict, reply in zip(verdicts, replies, strict=True):  # the verdict is what the reply says
+        score = parse_score(reply, 10)
+        assert verdict.passed is (score is not None and score >= 5)
+        assert verdict.detail.startswith("no score" if score is None else f"score {score:g}/10")
 
 
 @pytest.fixture(scope="module")
@@ -127,21 +162,33 @@ def test_knowledge_base_structured_claims(tmp_path: Path, kind: str) -> None:
     )  # no judge given
 
 
-def test_knowledge_base_refuses_a_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(SynthkilnError, match="no such file"):
+def test_knowledge_base_refuses_a_missing_or_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(VerifierError, match="no such file"):
         KnowledgeBase(str(tmp_path / "missing.jsonl"))
+    broken = tmp_path / "facts.jsonl"
+    broken.write_text('{"subject": "a"}\nnot json\n')
+    with pytest.raises(VerifierError, match="line 2: not JSON"):
+        KnowledgeBase(str(broken))
+    (tmp_path / "facts.csv").write_text("subject\n")
+    with pytest.raises(VerifierError, match="unknown format"):
+        KnowledgeBase(str(tmp_path / "facts.csv"))
 
 
-@pytest.mark.slow
-def test_knowledge_base_free_text_retrieves_evidence_for_the_judge(tmp_path: Path, hf_teacher) -> None:
-    base = KnowledgeBase(str(write_facts(tmp_path, "jsonl")), judge=Judge(hf_teacher, threshold=5), top_k=1)
+def test_knowledge_base_free_text_retrieves_evidence_for_the_judge(tmp_path: Path) -> None:
+    # The judge supports a claim only when the retrieved evidence holds the fact it is about.
+    prompts, generate = scripted(
+        {"- The Great Barrier Reef": "Supported. Score: 10", "- Photosynthesis": "Score: 1"}
+    )
+    base = KnowledgeBase(str(write_facts(tmp_path, "jsonl")), judge=Judge(generate, threshold=5), top_k=1)
     claims = [
         {"response": "The biggest coral reef on Earth lies off the coast of Australia."},
         {"response": "Plants turn sunlight into sugar."},
     ]
     verdicts = base.verdicts(claims)
     assert "Great Barrier Reef" in verdicts[0].detail and "Photosynthesis" in verdicts[1].detail
-    assert all(v.verifier == "knowledge-base" and v.status in ("passed", "failed") for v in verdicts)
+    assert [v.status for v in verdicts] == ["passed", "failed"]
+    assert all(v.verifier == "knowledge-base" for v in verdicts)
+    assert "Claim to check:" in prompts[0] and "coral reef on Earth" in prompts[0]
 
 
 def test_embedder_ranks_related_sentences_first() -> None:

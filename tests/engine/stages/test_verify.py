@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from synthkiln.engine import Pipeline
-from synthkiln.engine.answers import answers_match, extract_final_answer
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.stages.verify import Verify, build_verifier
 from synthkiln.verifiers import VerifierPool
+from synthkiln.verifiers.answers import answers_match, extract_final_answer
 from tests.conftest import REPO, synthkiln_command
 
 
@@ -160,7 +160,8 @@ def test_pipeline_runs_generated_code_against_carried_seed_tests(tmp_path: Path,
     assert len(checked) == 3 and manifest["verifiers"] == ["python-tests"]
     assert manifest["funnel"]["accepted"] >= 1  # greedy SmolLM2 writes these one-liners correctly
     for row in checked:
-        assert dict(row["seed_fields"])["entry_point"] in {name for name, _, _ in tasks}
+        carried = {entry["key"]: entry["value"] for entry in row["seed_fields"]}
+        assert carried["entry_point"] in {name for name, _, _ in tasks}
         (verdict,) = [v for v in row["verdicts"] if v["verifier"] == "python-tests"]
         assert verdict["passed"] == (row.get("stage") is None) == bool(row["verified"])
         if not verdict["passed"]:

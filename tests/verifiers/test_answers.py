@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from synthkiln.engine.answers import answers_match, extract_final_answer
+from synthkiln.verifiers.answers import answers_match, extract_final_answer
 
 
 @pytest.mark.parametrize(
