@@ -364,7 +364,11 @@ class Pipeline:
             "seed_source": prompt.seed_source,
             "seed_row": prompt.seed_row,
             "lineage_depth": prompt.lineage_depth,
-            "seed_fields": list(prompt.seed_fields.items()) if prompt.seed_fields else None,
+            "seed_fields": (
+                [{"key": key, "value": value} for key, value in prompt.seed_fields.items()]
+                if prompt.seed_fields
+                else None
+            ),
             "source": "synthetic",
         }
         return row, problem

@@ -6,6 +6,8 @@ import pyarrow as pa
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 VERDICT = pa.struct([("verifier", pa.string()), ("passed", pa.bool_()), ("detail", pa.string())])
+# A list of key/value structs, not map<string, string>: `datasets` has no dtype for Arrow maps.
+SEED_FIELD = pa.struct([("key", pa.string()), ("value", pa.string())])
 
 ROW_SCHEMA = pa.schema(
     [
@@ -37,7 +39,7 @@ ROW_SCHEMA = pa.schema(
         pa.field("seed_source", pa.string()),
         pa.field("seed_row", pa.int64()),
         pa.field("lineage_depth", pa.int32()),
-        pa.field("seed_fields", pa.map_(pa.string(), pa.string())),  # task.carry_fields of the seed row
+        pa.field("seed_fields", pa.list_(SEED_FIELD)),  # task.carry_fields of the seed row
         pa.field("source", pa.string()),  # "synthetic" here; "human" for rows mixed in later
     ]
 )
