@@ -19,10 +19,16 @@ kills the whole process group; bubblewrap's pid namespace then takes every proce
 The job reports through a pipe whose fd number it gets in argv; the verdict is decided from that
 report by the caller, never from the exit status or stdout alone.
 Without bubblewrap the same runs with `setpriv` + `prlimit` only, and only when asked for by name.
+
+Started by a user other than root, there is no `setpriv` (changing uid needs root): bubblewrap's user
+namespace maps the user to uid nobody inside, and since on the host the job then runs as that user,
+the root it sees holds only /usr, /etc and the library links (not the user's home or work). If the
+kernel refuses unprivileged user namespaces, `Sandbox` refuses at start and says so.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import hashlib
@@ -37,7 +43,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Mode = Literal["bubblewrap", "rlimits-only"]
 
@@ -59,6 +65,22 @@ _RESULT_CAP = 1 << 20
 
 class SandboxUnavailable(RuntimeError):
     """The isolation asked for cannot be provided on this machine."""
+
+
+def _privileged() -> bool:
+    """Root on the host: jobs get uid nobody there too (`setpriv`); otherwise only inside bubblewrap."""
+    return os.geteuid() == 0
+
+
+def _system_binds() -> list[str]:
+    """Without root the job runs as the user on the host: show it the system only, read-only."""
+    binds = ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
+    for path in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(path):
+            binds += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            binds += ["--ro-bind", path, path]
+    return binds
 
 
 @dataclass(frozen=True)
@@ -92,7 +114,9 @@ class Sandbox:
         if mode not in ("bubblewrap", "rlimits-only"):
             raise ValueError(f"sandbox must be 'bubblewrap' or 'rlimits-only', got {mode!r}")
         self.mode, self.limits, self.python = mode, limits or Limits(), python
-        missing = [tool for tool in ("setpriv", "prlimit") if shutil.which(tool) is None]
+        self.privileged = _privileged()
+        tools = ("setpriv", "prlimit") if self.privileged else ("prlimit",)
+        missing = [tool for tool in tools if shutil.which(tool) is None]
         if mode == "bubblewrap" and shutil.which("bwrap") is None:
             missing.append("bwrap (Debian package bubblewrap)")
         if not Path(python).is_file():
@@ -101,9 +125,31 @@ class Sandbox:
             hint = ", or choose sandbox = 'rlimits-only' explicitly (weaker)" if mode == "bubblewrap" else ""
             raise SandboxUnavailable(f"cannot isolate code: missing {', '.join(missing)}; install it{hint}")
         self._seccomp = _compile_seccomp() if mode == "bubblewrap" else b""
+        if mode == "bubblewrap" and not self.privileged:
+            self._probe()
+
+    def _probe(self) -> None:
+        """Without root, bubblewrap needs unprivileged user namespaces: find out now, not at the first job."""
+        done = subprocess.run(
+            ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--uid", str(NOBODY_UID),
+             "--gid", str(NOBODY_GID), *_system_binds(), "--", "/usr/bin/true"],
+            capture_output=True, text=True, env={}, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise SandboxUnavailable(
+                f"cannot isolate code as uid {os.geteuid()} (not root): bubblewrap cannot create a user "
+                f"namespace ({done.stderr.strip()[:200] or f'exit {done.returncode}'}); run as root, allow "
+                "unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, or on Ubuntu "
+                "kernel.apparmor_restrict_unprivileged_userns=0), or choose sandbox = 'rlimits-only' (weaker)"
+            )
 
     def describe(self) -> dict[str, object]:
-        return {"sandbox": self.mode, "python": self.python, "limits": asdict(self.limits)}
+        uid = (
+            "nobody"
+            if self.privileged
+            else f"nobody inside, {os.geteuid()} on the host (not started as root)"
+        )
+        return {"sandbox": self.mode, "python": self.python, "uid": uid, "limits": asdict(self.limits)}
 
     def run(
         self,
@@ -128,7 +174,8 @@ class Sandbox:
                     (work / name).mkdir()  # the mount point
                 else:
                     (work / name).symlink_to(directory)  # readable only where uid nobody may traverse
-            os.chown(work, NOBODY_UID, NOBODY_GID)
+            if self.privileged:
+                os.chown(work, NOBODY_UID, NOBODY_GID)
             os.chmod(host, 0o711)
             return self._execute(argv, work, out, stdin, limits, mounts or {})
         finally:
@@ -150,24 +197,26 @@ class Sandbox:
             binds = []
             for name, directory in mounts.items():  # uid nobody must be able to reach them: see `readable`
                 binds += ["--ro-bind", directory, f"{WORK}/{name}"]
+            root = ["--ro-bind", "/", "/"] if self.privileged else _system_binds()
             command = [
                 "bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-                "--new-session", "--ro-bind", "/", "/", "--tmpfs", "/tmp", "--bind", str(work), WORK,
+                "--uid", str(NOBODY_UID), "--gid", str(NOBODY_GID),
+                "--new-session", *root, "--tmpfs", "/tmp", "--bind", str(work), WORK,
                 "--chdir", WORK, "--proc", "/proc", "--dev", "/dev", "--clearenv",
                 "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", WORK, "--cap-drop", "ALL",
                 *binds, "--seccomp", str(keep[1]), "--", *inner,
             ]  # fmt: skip
         else:
             command, cwd = inner, str(work)
-        command = [
-            "env",
-            "-i",
-            "setpriv",
-            f"--reuid={NOBODY_UID}",
-            f"--regid={NOBODY_GID}",
-            "--clear-groups",
-            *command,
-        ]
+        if self.privileged:
+            command = [
+                "setpriv",
+                f"--reuid={NOBODY_UID}",
+                f"--regid={NOBODY_GID}",
+                "--clear-groups",
+                *command,
+            ]
+        command = ["env", "-i", *command]
         started = time.perf_counter()
         with open(out / "stdout", "wb") as stdout, open(out / "stderr", "wb") as stderr:
             try:
@@ -238,14 +287,44 @@ def _kill_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def readable(directory: Path, distributions: list[str]) -> Path:
-    """`directory` if uid nobody can read it, else a world-readable mirror of the files of
-    `distributions` (and what they require), made once per set of versions under the temp dir.
+_MIRRORS: dict[tuple[str, tuple[str, ...]], Path] = {}  # checked once per process
 
-    A checkout under /root, or made by `mktemp -d` (mode 0700), hides its venv from uid nobody.
+
+def readable(directory: Path, distributions: list[str]) -> Path:
+    """`directory` if the job's uid can read it, else a world-readable mirror of the files of
+    `distributions` (and what they require) under the temp dir, shared by this user's runs.
+
+    A checkout under /root, or made by `mktemp -d` (mode 0700), hides its venv from uid nobody. The temp
+    dir is shared: a mirror found there is used only when it is owned by us or root, writable by no one
+    else, and holds exactly the installed files, byte for byte (sha256); otherwise one is made privately.
     """
+    if not _privileged() and os.access(directory, os.R_OK | os.X_OK):
+        return directory  # without root the job is this user on the host: it reads what we read
     if _world_readable(directory):
         return directory
+    key = (str(directory), tuple(distributions))
+    if key in _MIRRORS:
+        return _MIRRORS[key]
+    files = _distribution_files(distributions)
+    versions = ",".join(sorted(files.pop("")))
+    digest = hashlib.sha256(versions.encode()).hexdigest()[:16]
+    mirror = Path(tempfile.gettempdir()) / f"synthkiln-site-{os.geteuid()}-{digest}"
+    if not mirror.exists():
+        staging = _populate(Path(tempfile.mkdtemp(prefix=".synthkiln-site-", dir=mirror.parent)), files)
+        try:
+            staging.rename(mirror)
+        except OSError:  # another process made it first: checked below like any found
+            shutil.rmtree(staging, ignore_errors=True)
+    if not _trusted(mirror, files):
+        mirror = _populate(Path(tempfile.mkdtemp(prefix="synthkiln-site-private-")), files)
+        atexit.register(shutil.rmtree, mirror, ignore_errors=True)
+    _MIRRORS[key] = mirror
+    return mirror
+
+
+def _distribution_files(distributions: list[str]) -> dict[str, Any]:
+    """Relative path -> installed file, for `distributions` and what they require; key "" holds the
+    `name=version` list that names the mirror."""
     from importlib import metadata
 
     names, seen, missing = list(distributions), {}, set()
@@ -259,27 +338,47 @@ def readable(directory: Path, distributions: list[str]) -> Path:
             missing.add(name)  # an optional extra that is not installed
             continue
         names += [r for r in metadata.requires(name) or [] if "extra ==" not in r]  # extras: named explicitly
-    versions = ",".join(sorted(f"{n}={d.version}" for n, d in seen.items()))
-    mirror = (
-        Path(tempfile.gettempdir()) / f"synthkiln-site-{hashlib.sha256(versions.encode()).hexdigest()[:16]}"
-    )
-    if mirror.is_dir():
-        return mirror
-    staging = Path(tempfile.mkdtemp(prefix=".synthkiln-site-", dir=mirror.parent))
+    files: dict[str, Any] = {"": [f"{n}={d.version}" for n, d in seen.items()]}
     for distribution in seen.values():
         for file in distribution.files or []:
             source = Path(distribution.locate_file(file))
             if source.is_file() and not str(file).startswith(".."):
-                target = staging / file
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, target)  # keeps mtimes, so the compiled .pyc files stay valid
-    for path in [staging, *staging.rglob("*")]:
+                files[Path(file).as_posix()] = source
+    return files
+
+
+def _populate(target: Path, files: dict[str, Any]) -> Path:
+    for relative, source in files.items():
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)  # keeps mtimes, so the compiled .pyc files stay valid
+    for path in [target, *target.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
+    return target
+
+
+def _trusted(mirror: Path, files: dict[str, Any]) -> bool:
+    """Owned by us or root, writable by no one else, no links, and exactly `files`, byte for byte."""
+    me, found = os.geteuid(), set()
     try:
-        staging.rename(mirror)
-    except OSError:  # another process made it first
-        shutil.rmtree(staging, ignore_errors=True)
-    return mirror
+        for path in [mirror, *mirror.rglob("*")]:
+            info = path.lstat()
+            if info.st_uid not in (0, me) or info.st_mode & 0o022 or not (path.is_dir() or path.is_file()):
+                return False
+            if path.is_symlink():
+                return False
+            if path.is_file():
+                found.add(path.relative_to(mirror).as_posix())
+        if found != set(files):
+            return False
+        return all(_sha256(mirror / relative) == _sha256(source) for relative, source in files.items())
+    except OSError:
+        return False
+
+
+def _sha256(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").digest()
 
 
 def _world_readable(directory: Path) -> bool:

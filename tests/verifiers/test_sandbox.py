@@ -23,7 +23,7 @@ def pool():
         yield pool
 
 
-def run(pool: VerifierPool, code: str, tests: str = "pass"):
+def run(pool: VerifierPool, code: str, tests: str = "assert True"):
     return pool.check_batch(PythonTests(), [{"code": code, "tests": tests}])[0]
 
 
@@ -183,3 +183,43 @@ def test_packages_under_a_private_directory_are_mirrored_for_nobody(tmp_path: Pa
         {}, mounts={"site": str(mirror)},
     )  # fmt: skip
     assert execution.stdout.strip() == "imported", execution.stderr
+
+
+@pytest.mark.parametrize("tamper", ["a changed file", "an extra file", "group-writable", "another owner"])
+def test_a_mirror_found_in_the_temp_dir_is_used_only_when_it_is_ours_and_intact(
+    tmp_path: Path, monkeypatch, tamper: str
+) -> None:
+    import synthkiln.verifiers.sandbox as sandbox
+
+    if tamper == "another owner" and os.geteuid() != 0:
+        pytest.skip("giving a file to another owner needs root")
+    private = tmp_path / "site"
+    private.mkdir()
+    tmp_path.chmod(0o700)
+    monkeypatch.setattr(sandbox, "_privileged", lambda: True)  # as root: uid nobody must read it
+    monkeypatch.setattr(sandbox, "_MIRRORS", {})
+    shared = readable(private, ["antlr4-python3-runtime"])  # a set of its own: its mirror may be spoilt
+    try:
+        assert shared.name.startswith("synthkiln-site-") and (shared / "antlr4" / "__init__.py").is_file()
+        sandbox._MIRRORS.clear()
+        assert readable(private, ["antlr4-python3-runtime"]) == shared  # intact: used as found
+        target = shared / "antlr4" / "__init__.py"
+        if tamper == "a changed file":
+            target.write_text(target.read_text() + "\nimport os  # planted\n")
+        elif tamper == "an extra file":
+            (shared / "antlr4" / "planted.py").write_text("")
+        elif tamper == "group-writable":
+            target.chmod(0o664)
+        else:
+            os.chown(target, 65534, 65534)
+        sandbox._MIRRORS.clear()
+        rebuilt = readable(private, ["antlr4-python3-runtime"])
+        assert rebuilt != shared and rebuilt.name.startswith("synthkiln-site-private-")
+        assert (rebuilt / "antlr4" / "__init__.py").read_bytes() != b"" and not (
+            rebuilt / "antlr4" / "planted.py"
+        ).exists()
+        assert oct(rebuilt.stat().st_mode & 0o777) == "0o755" and rebuilt.stat().st_uid == os.geteuid()
+    finally:
+        import shutil
+
+        shutil.rmtree(shared, ignore_errors=True)
