@@ -33,9 +33,16 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="generate a dataset from a recipe (resumes an interrupted run)")
     run.add_argument("recipe", help="recipe file (.toml, .yaml)")
     run.add_argument("--out", help="dataset directory (default: output.dir, or out/<name>)")
-    run.add_argument("--limit", type=int, help="stop once at least N rows are accepted")
+    run.add_argument(
+        "--limit", type=int, help="stop when the dataset holds exactly N accepted rows (a later run resumes)"
+    )
     _add_set(run)
     run.add_argument("--fresh", action="store_true", help="discard a previous run in the directory")
+    run.add_argument(
+        "--allow-changed-inputs",
+        action="store_true",
+        help="resume although the seeds, template or benchmark files changed (both hashes are recorded)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=_run)
 
@@ -179,7 +186,13 @@ def _run(args: argparse.Namespace) -> int:
         raise SynthkilnError(f"--limit must be at least 1, got {args.limit}")
     with Pipeline.from_recipe(args.recipe, args.overrides) as pipeline:
         out = Path(args.out) if args.out else pipeline.recipe.output_dir
-        manifest = pipeline.run(out, limit=args.limit, fresh=args.fresh, progress=not args.quiet)
+        manifest = pipeline.run(
+            out,
+            limit=args.limit,
+            fresh=args.fresh,
+            progress=not args.quiet,
+            allow_changed_inputs=args.allow_changed_inputs,
+        )
     print(format_funnel(manifest))
     print(f"dataset: {out}")
     return 0
@@ -209,15 +222,14 @@ def format_funnel(manifest: dict[str, Any]) -> str:
 def _inspect(args: argparse.Namespace) -> int:
     import pyarrow.dataset as ds
 
-    from synthkiln.engine.output.writer import MANIFEST
+    from synthkiln.engine.output.directory import MANIFEST
 
     directory = Path(args.dir)
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
         raise SynthkilnError(f"{directory}: no {MANIFEST}; not a synthkiln dataset directory")
     manifest = json.loads(manifest_path.read_text())
-    state = "complete" if manifest.get("complete") else "incomplete (rerun `synthkiln run` to resume)"
-    print(f"{manifest['name']}  recipe {manifest['recipe_hash']}  {state}")
+    print(f"{manifest['name']}  recipe {manifest['recipe_hash']}  {run_state(manifest)}")
     print(format_funnel(manifest))
     shards = [directory / s["path"] for s in manifest["shards"]["data"]]
     if not shards:
@@ -235,22 +247,34 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_state(manifest: dict[str, Any]) -> str:
+    """What the directory's last run did: finished every seed, stopped at its limit, or was cut short."""
+    if manifest.get("complete"):
+        return "complete: every seed row was processed"
+    stopped = manifest.get("stopped")
+    if stopped:
+        return (
+            f"stopped at --limit {stopped['limit']} with {stopped['seeds_left']} seed rows left "
+            "(rerun `synthkiln run` with a larger --limit or none to continue)"
+        )
+    return "interrupted before every seed row was processed (rerun `synthkiln run` to resume)"
+
+
 def _clip(text: str, width: int = 160) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 def _dedup(args: argparse.Namespace) -> int:
-    from synthkiln.engine.corpus.dedup import dedup_corpus
+    from synthkiln.engine.corpus import run_corpus_command
+    from synthkiln.engine.corpus.dedup import Dedup
 
     if not 0 < args.threshold < 1:
         raise SynthkilnError(f"--threshold must be between 0 and 1, got {args.threshold}")
-    report = dedup_corpus(
-        [Path(p) for p in args.inputs], Path(args.out), args.text_field, args.threshold, args.num_perm, args.ngram,
-        args.keep, args.backend, progress=not args.quiet, exact=args.exact,
-    )  # fmt: skip
-    print(f"rows {report.rows}  kept {report.kept}  removed {report.removed}  quarantined {report.quarantined}  "
-          f"clusters {report.clusters}")  # fmt: skip
+    command = Dedup(args.text_field, args.threshold, args.num_perm, args.ngram, args.keep, args.backend, args.exact)
+    manifest = run_corpus_command(command, [Path(p) for p in args.inputs], Path(args.out), not args.quiet)
+    print(f"rows {manifest['rows']}  kept {manifest['kept']}  removed {manifest['removed']}  "
+          f"quarantined {manifest['quarantined']}  clusters {manifest['clusters_with_duplicates']}")  # fmt: skip
     print(f"dataset: {args.out}")
     return 0
 
@@ -290,7 +314,8 @@ def _decontaminate(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from synthkiln.engine.config import DecontaminateConfig
-    from synthkiln.engine.corpus.decontaminate import decontaminate_corpus
+    from synthkiln.engine.corpus import run_corpus_command
+    from synthkiln.engine.corpus.decontaminate import Decontaminate
 
     try:
         config = DecontaminateConfig(
@@ -303,13 +328,11 @@ def _decontaminate(args: argparse.Namespace) -> int:
             f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()
         )
         raise SynthkilnError(problems) from None
-    report = decontaminate_corpus(
-        [Path(p) for p in args.inputs], Path(args.out), config, args.text_field, progress=not args.quiet
-    )
-    print(
-        f"rows {report.rows}  kept {report.kept}  removed {report.removed}  quarantined {report.quarantined}"
-    )
-    for benchmark in report.benchmarks:
+    command = Decontaminate(config, args.text_field)
+    manifest = run_corpus_command(command, [Path(p) for p in args.inputs], Path(args.out), not args.quiet)
+    print(f"rows {manifest['rows']}  kept {manifest['kept']}  removed {manifest['removed']}  "
+          f"quarantined {manifest['quarantined']}")  # fmt: skip
+    for benchmark in manifest["decontaminated_against"]:
         print(f"  {benchmark['name']}: {benchmark['indexed']} items checked, {benchmark['items_hit']} hit, "
               f"{benchmark['rows_removed']} rows removed")  # fmt: skip
     print(f"dataset: {args.out}")
@@ -318,7 +341,8 @@ def _decontaminate(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from synthkiln.engine.config import VerifyConfig
-    from synthkiln.engine.corpus.verify import verify_corpus
+    from synthkiln.engine.corpus import run_corpus_command
+    from synthkiln.engine.corpus.verify import Verify
     from synthkiln.engine.stages.verify import build_pool, build_verifier
 
     given = {
@@ -349,13 +373,13 @@ def _verify(args: argparse.Namespace) -> int:
         verifiers.append(build_verifier(name, options, ignore_unknown=True))
     config = VerifyConfig(sandbox=args.sandbox, workers=args.workers, wall_seconds=args.timeout)
     with build_pool(config) as pool:
-        report = verify_corpus(
-            [Path(p) for p in args.inputs], Path(args.out), verifiers, pool, not args.quiet
+        manifest = run_corpus_command(
+            Verify(verifiers, pool), [Path(p) for p in args.inputs], Path(args.out), not args.quiet
         )
-    print(
-        f"rows {report.rows}  passed {report.passed}  failed {report.failed}  ({report.seconds:.1f} s, sandbox {args.sandbox})"
-    )
-    for reason, count in report.by_reason.most_common():
+    failed = manifest["rows"] - manifest["kept"]
+    print(f"rows {manifest['rows']}  passed {manifest['kept']}  failed {failed}  "
+          f"({manifest['seconds']:.1f} s, sandbox {args.sandbox})")  # fmt: skip
+    for reason, count in sorted(manifest["rejected"].items(), key=lambda item: -item[1]):
         print(f"  {reason}: {count}")
     print(f"dataset: {args.out}")
     return 0

@@ -1,21 +1,35 @@
-"""Corpus input shared by the corpus commands: JSONL / JSONL.gz / Parquet files or dataset directories.
+"""The one skeleton of the corpus commands (`dedup`, `decontaminate`, `verify`, and those to come).
+
+A command is a :class:`CorpusCommand`: the fields it reads, an optional pass over the whole corpus
+(dedup's clusters), a split of each batch into kept and rejected rows, and what its manifest says. The
+skeleton does the rest the same way for all of them: inputs (JSONL / JSONL.gz / Parquet files or dataset
+directories) found and every named field checked in every file *before* anything is written; the output
+directory claimed through the one guard (:class:`~synthkiln.engine.output.directory.OutputDirectory`);
+each input's rows written as `data/` and `rejected/` shards (rejected rows always with `reason` and
+`detail`); the manifest committed last, which replaces an earlier output of the same command atomically.
 
 Files are read as Arrow record batches; a malformed file is named with its bad line, and text stored as
-binary is decoded (invalid UTF-8 becomes null, for the caller to quarantine).
+binary is decoded (invalid UTF-8 becomes null, for the command to quarantine).
 """
 
 from __future__ import annotations
 
 import json
+import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from synthkiln.engine.errors import SynthkilnError
+from synthkiln.engine.output.directory import OutputDirectory
 
 
 @dataclass
@@ -82,8 +96,31 @@ def _read_jsonl(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
                     rows.append(json.loads(line))
                 except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                     raise SynthkilnError(f"{path}: line {number}: invalid JSON ({exc})") from None
-        table = pa.Table.from_pylist(rows)
+                if not isinstance(rows[-1], dict):
+                    raise SynthkilnError(f"{path}: line {number}: not a JSON object") from None
+        try:
+            table = pa.Table.from_pylist(rows)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            raise SynthkilnError(_mixed_types(path, rows)) from None
     yield from table.to_batches(max_chunksize=batch_rows)
+
+
+def _mixed_types(path: Path, rows: list[dict[str, Any]]) -> str:
+    """Name the first line whose field holds another kind of value than the same field above it."""
+    kinds: dict[str, tuple[str, int]] = {}
+    for number, row in enumerate(rows, start=1):
+        for key, value in row.items():
+            if value is None:
+                continue
+            kind = (
+                "number"
+                if isinstance(value, int | float) and not isinstance(value, bool)
+                else type(value).__name__
+            )
+            first = kinds.setdefault(key, (kind, number))
+            if first[0] != kind:
+                return f"{path}: row {number}: field '{key}' holds a {kind}, row {first[1]} a {first[0]}"
+    return f"{path}: rows of mixed types that Arrow cannot read as one table"
 
 
 def _decode_binary(batch: pa.RecordBatch, name: str) -> pa.RecordBatch:
@@ -119,33 +156,105 @@ def iter_sources(inputs: list[Path], text_field: str | None = None) -> list[Sour
     return sources
 
 
-def prepare_output(out_dir: Path, output_format: str) -> None:
-    """An empty or new directory, or an earlier output of the same command (its shards are replaced)."""
-    manifest = out_dir / "manifest.json"
-    if manifest.is_file():
-        try:
-            earlier = json.loads(manifest.read_text()).get("format")
-        except (json.JSONDecodeError, AttributeError):
-            earlier = None
-        if earlier != output_format:
-            raise SynthkilnError(f"{out_dir} holds other output ({manifest}); choose another --out")
-        manifest.unlink()  # the old manifest goes first: a half-replaced directory never looks complete
-    elif out_dir.exists() and any(out_dir.iterdir()):
-        raise SynthkilnError(f"{out_dir} exists and is not empty; choose another --out")
-    for folder in ("data", "rejected"):
-        (out_dir / folder).mkdir(parents=True, exist_ok=True)
-        for shard in (out_dir / folder).glob("part-*.parquet"):
-            shard.unlink()
+def check_fields(sources: list[Source], fields: dict[str, str]) -> None:
+    """Every input holds every field the command reads (`fields`: name -> the option that set it; a
+    dotted name is checked by its first part), and the text field is text: checked for all inputs
+    before anything is written."""
+    for source in sources:
+        first = next(iter(source.batches(1)), None)  # also checks the text field's type
+        if first is None:
+            continue  # an empty file contributes no rows
+        names = first.schema.names
+        missing = [(f, option) for f, option in fields.items() if f.split(".", 1)[0] not in names]
+        if missing:
+            named = ", ".join(f"'{f}' (from {option})" for f, option in missing)
+            raise SynthkilnError(f"{source.path}: no field {named}; fields: {', '.join(names)}")
 
 
-def write_parts(
-    out_dir: Path, number: int, kept: list[pa.RecordBatch], rejected: list[pa.RecordBatch]
-) -> None:
-    """Input file `number`'s kept rows to `data/` and removed ones to `rejected/` (atomic; empty: none)."""
-    from synthkiln.engine.output.writer import write_parquet_atomic
+class CorpusCommand(ABC):
+    """One corpus command: what it reads, how it splits rows, what its manifest records."""
 
-    for folder, batches in (("data", kept), ("rejected", rejected)):
-        if sum(len(b) for b in batches):
-            write_parquet_atomic(
-                pa.Table.from_batches(batches), out_dir / folder / f"part-{number:05d}.parquet"
-            )
+    output_format: str  # e.g. "synthkiln-dedup/1": the marker its output directory carries
+    batch_rows = 65536
+
+    def __init__(self) -> None:
+        self.rows = self.kept = 0
+        self.reasons: dict[str, int] = {}
+
+    @abstractmethod
+    def fields(self) -> dict[str, str]:
+        """The fields every input must hold, each with the option that named it (for the error)."""
+
+    def prepare(self, sources: list[Source], progress: bool) -> None:  # noqa: B027 (optional hook)
+        """A pass over the whole corpus before any row is written (dedup's clusters)."""
+
+    @abstractmethod
+    def split(self, batch: pa.RecordBatch, source: Source) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+        """Kept rows, and rejected rows carrying `reason` and `detail` columns."""
+
+    def extra_files(self, directory: OutputDirectory, kept_rows: list[int]) -> list[str]:
+        """Files beside the shards (relative paths), written before the manifest; `kept_rows[i]` is the
+        number of rows kept from input i."""
+        return []
+
+    @abstractmethod
+    def summary(self) -> dict[str, Any]:
+        """What the manifest says of this run beyond inputs, counts and shards (parameters, reports)."""
+
+
+def run_corpus_command(
+    command: CorpusCommand, inputs: list[Path], out_dir: Path, progress: bool = True, fresh: bool = False
+) -> dict[str, Any]:
+    """Run `command` over `inputs` into `out_dir`; return the committed manifest."""
+    text_field = getattr(command, "text_field", None)
+    sources = iter_sources(inputs, text_field)
+    check_fields(sources, command.fields())
+    started = time.perf_counter()
+    command.prepare(sources, progress)
+    with OutputDirectory(out_dir, command.output_format, fresh) as directory:
+        run = int((directory.previous or {}).get("runs", 0)) + 1
+        shards: dict[str, list[dict[str, Any]]] = {"data": [], "rejected": []}
+        kept_rows = []
+        name = command.output_format.split("-", 1)[1].split("/")[0]
+        with tqdm(desc=name, unit="row", disable=not progress) as bar:
+            for number, source in enumerate(sources):
+                kept: list[pa.RecordBatch] = []
+                rejected: list[pa.RecordBatch] = []
+                for batch in source.batches(command.batch_rows):
+                    keep, drop = command.split(batch, source)
+                    if len(keep):
+                        kept.append(keep)
+                    if len(drop):
+                        if "reason" not in drop.schema.names or "detail" not in drop.schema.names:
+                            raise AssertionError(f"{name}: rejected rows need `reason` and `detail`")
+                        rejected.append(drop)
+                        for entry in pc.value_counts(drop.column("reason")).to_pylist():
+                            reason = entry["values"]
+                            command.reasons[reason] = command.reasons.get(reason, 0) + entry["counts"]
+                    command.rows += len(batch)
+                    command.kept += len(keep)
+                    bar.update(len(batch))
+                kept_rows.append(sum(len(b) for b in kept))
+                for folder, batches in (("data", kept), ("rejected", rejected)):
+                    if sum(len(b) for b in batches):
+                        # batches built from Python rows may type an all-null column differently
+                        table = pa.concat_tables(
+                            [pa.Table.from_batches([b]) for b in batches], promote_options="permissive"
+                        )
+                        shards[folder].append(
+                            directory.write_shard(table, f"{folder}/part-r{run}-{number:05d}.parquet")
+                        )
+        files = command.extra_files(directory, kept_rows)
+        manifest = {
+            "inputs": [str(s.path) for s in sources],
+            "runs": run,
+            **command.summary(),
+            "rows": command.rows,
+            "kept": command.kept,
+            "rejected": dict(sorted(command.reasons.items())),
+            "seconds": round(time.perf_counter() - started, 3),
+            "shards": shards,
+            "files": files,
+        }
+        directory.commit(manifest)
+    return manifest

@@ -8,16 +8,14 @@ Layout::
     DIR/README.md                     Hugging Face dataset card
 
 A commit writes each shard to a temporary name, renames it into place, then replaces the manifest the
-same way: the manifest's rename is the commit point, and it lists only shards already in place. On
-reopening, files the manifest does not list (left by a crash) are deleted and the prompts found in
-committed shards are reported as done, so a rerun resumes without losing or duplicating anything.
+same way: the manifest's rename is the commit point, and it lists only shards already in place. The
+directory is claimed through :class:`~synthkiln.engine.output.directory.OutputDirectory` (the one guard:
+only our own directories, locked, shard files no manifest lists removed). On reopening, the prompts
+found in committed shards are reported as done, so a rerun resumes without losing or duplicating anything.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,10 +27,11 @@ import pyarrow.parquet as pq
 
 from synthkiln.engine.config import Recipe
 from synthkiln.engine.errors import OutputError
+from synthkiln.engine.inputs import check_resume, fingerprint
 from synthkiln.engine.output.card import render_card
+from synthkiln.engine.output.directory import OutputDirectory, listed_shards
 from synthkiln.engine.schema import ROW_SCHEMA, conform, rejected_schema
 
-MANIFEST = "manifest.json"
 FORMAT = "synthkiln-dataset/1"
 SEEDS_STAGE = "seeds"  # quarantined seed rows: no sample was generated for them
 
@@ -51,9 +50,12 @@ class DatasetWriter:
         self.recipe = recipe
         self._shard_rows = recipe.output.shard_rows
         self._commit_seconds = recipe.output.commit_seconds
-        if fresh:
-            self._remove_previous_run()
-        self.manifest = self._open(run_info)
+        self.directory = OutputDirectory(self.out_dir, FORMAT, fresh)
+        try:
+            self.manifest = self._open(run_info)
+        except BaseException:
+            self.directory.close()
+            raise
         self.completed_prompts = self._committed_prompt_ids()
         self._pending_kept: list[pa.RecordBatch] = []
         self._pending_rejected: list[pa.RecordBatch] = []
@@ -106,20 +108,22 @@ class DatasetWriter:
         )
         for folder, table in (("data", kept), ("rejected", rejected)):
             if table is not None and table.num_rows:
-                relative = f"{folder}/part-{index:05d}.parquet"
-                write_parquet_atomic(table, self.out_dir / relative)
-                new_shards[folder].append({"path": relative, "rows": table.num_rows})
+                shard = self.directory.write_shard(table, f"{folder}/part-{index:05d}.parquet")
+                new_shards[folder].append(shard)
         self._update_manifest(kept, rejected, new_shards, complete)
-        write_text_atomic(self.out_dir / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
-        write_text_atomic(self.out_dir / "README.md", render_card(self.manifest))
+        self.directory.commit(self.manifest, render_card(self.manifest))
         self._pending_kept, self._pending_rejected = [], []
         self._pending_rows = 0
         self._pending_generation_s = self._pending_device_s = 0.0
         self._last_commit = time.monotonic()
 
     def close(self, complete: bool) -> dict[str, Any]:
-        """Commit what is pending; `complete` records whether every seed was processed."""
-        self.commit(complete=complete)
+        """Commit what is pending and release the directory; `complete` records whether every seed was
+        processed."""
+        try:
+            self.commit(complete=complete)
+        finally:
+            self.directory.close()
         return self.manifest
 
     def _update_manifest(
@@ -172,33 +176,27 @@ class DatasetWriter:
 
     def _open(self, run_info: dict[str, Any]) -> dict[str, Any]:
         recipe_hash = self.recipe.content_hash()
-        path = self.out_dir / MANIFEST
-        if path.is_file():
-            try:
-                manifest = json.loads(path.read_text())
-            except json.JSONDecodeError as exc:
-                raise OutputError(
-                    f"{path}: unreadable manifest ({exc}); rerun with --fresh to start over"
-                ) from None
+        manifest = self.directory.previous
+        if manifest is not None:
             if manifest.get("recipe_hash") != recipe_hash:
                 raise OutputError(
                     f"{self.out_dir} holds a run of another recipe (hash {manifest.get('recipe_hash')}, this one "
                     f"{recipe_hash}); use --fresh to overwrite it or --out for a new directory"
                 )
-            self._delete_uncommitted(manifest)
+            check_resume(self.recipe, manifest, self.out_dir, bool(run_info.get("allow_changed_inputs")))
+            self._check_committed(manifest)
             manifest["runs"] += 1
             manifest.update(run_info)
             return manifest
-        if self.out_dir.exists() and any(self.out_dir.iterdir()) and not (self.out_dir / "data").exists():
-            raise OutputError(
-                f"{self.out_dir} exists and is not a synthkiln dataset directory; choose another --out"
-            )
         manifest = {
             "format": FORMAT,
             "name": self.recipe.name,
             "recipe_hash": recipe_hash,
             "recipe": self.recipe.to_dict(),
             **run_info,
+            "inputs": fingerprint(self.recipe),
+            "input_changes": [],
+            "stopped": None,
             "runs": 1,
             "commits": 0,
             "complete": False,
@@ -212,22 +210,16 @@ class DatasetWriter:
             },
             "shards": {"data": [], "rejected": []},
         }
-        self._delete_uncommitted(manifest)  # a crash before the first commit leaves only temporaries
         return manifest
 
-    def _delete_uncommitted(self, manifest: dict[str, Any]) -> None:
-        listed = {shard["path"] for folder in ("data", "rejected") for shard in manifest["shards"][folder]}
-        for folder in ("data", "rejected"):
-            directory = self.out_dir / folder
-            directory.mkdir(parents=True, exist_ok=True)
-            for path in directory.iterdir():
-                if f"{folder}/{path.name}" not in listed:
-                    path.unlink()
-            for relative in listed:
-                if relative.startswith(folder + "/") and not (self.out_dir / relative).is_file():
-                    raise OutputError(
-                        f"{self.out_dir / relative}: listed in the manifest but missing; use --fresh"
-                    )
+    def _check_committed(self, manifest: dict[str, Any]) -> None:
+        missing = sorted(p for p in listed_shards(manifest) if not (self.out_dir / p).is_file())
+        if missing:
+            raise OutputError(
+                f"{self.out_dir / missing[0]}: listed in the manifest but missing"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                + "; its rows are lost: restore the file, or start over with --fresh"
+            )
 
     def committed_rows(self, columns: list[str]) -> pa.Table:
         """The given columns of every committed accepted row, in commit order."""
@@ -246,28 +238,3 @@ class DatasetWriter:
                 table = pq.read_table(self.out_dir / shard["path"], columns=["prompt_id"])
                 done.update(table.column("prompt_id").to_pylist())
         return done
-
-    def _remove_previous_run(self) -> None:
-        for folder in ("data", "rejected"):
-            shutil.rmtree(self.out_dir / folder, ignore_errors=True)
-        for name in (MANIFEST, "README.md"):
-            (self.out_dir / name).unlink(missing_ok=True)
-
-
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, temporary, compression="zstd")
-    _fsync(temporary)
-    os.replace(temporary, path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    _fsync(temporary)
-    os.replace(temporary, path)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from synthkiln.engine.config import BenchmarkConfig, DecontaminateConfig
-from synthkiln.engine.corpus.decontaminate import decontaminate_corpus
+from synthkiln.engine.corpus import run_corpus_command
+from synthkiln.engine.corpus.decontaminate import Decontaminate as DecontaminateCorpus
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.stages import decontam
 from synthkiln.engine.stages.decontam import ContaminationIndex, Decontaminate
@@ -323,9 +324,12 @@ def test_corpus_function_reports_counts(tmp_path: Path, gsm8k_dir: Path) -> None
     question = json.loads((gsm8k_dir / "test.jsonl").read_text().splitlines()[0])["question"]
     write_jsonl(tmp_path / "c.jsonl", [{"text": question}, {"text": "nothing to see here at all"}])
     config = DecontaminateConfig(benchmarks=[gsm8k_test(gsm8k_dir)])
-    report = decontaminate_corpus([tmp_path / "c.jsonl"], tmp_path / "out", config, progress=False)
-    assert (report.rows, report.kept, report.removed) == (2, 1, 1)
-    assert report.benchmarks[0]["items_hit"] == 1 and report.benchmarks[0]["rows_removed"] == 1
+    manifest = run_corpus_command(DecontaminateCorpus(config), [tmp_path / "c.jsonl"], tmp_path / "out", progress=False)
+    assert (manifest["rows"], manifest["kept"], manifest["removed"]) == (2, 1, 1)
+    assert manifest["decontaminated_against"][0]["items_hit"] == 1
+    assert manifest["decontaminated_against"][0]["rows_removed"] == 1
+    rejected = pq.read_table(tmp_path / "out" / manifest["shards"]["rejected"][0]["path"])
+    assert " match of gsm8k item " in rejected.column("detail").to_pylist()[0]
 
 
 @pytest.mark.slow

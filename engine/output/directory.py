@@ -1,0 +1,244 @@
+"""The one guard of every directory synthkiln writes (`run`, `dedup`, `decontaminate`, `verify`, ...).
+
+A directory is ours only when it holds our manifest (`manifest.json` whose `format` starts with
+``synthkiln-``), or when it holds nothing but what an interrupted first run of ours leaves behind (our
+lock file, `data/` and `rejected/` holding only shard files). Anything else that is not empty is
+refused, with what was found named; nothing in it is touched. While open, an exclusive lock
+(`flock` on ``.synthkiln.lock``, which records the holder's pid) keeps a second writer out.
+
+Shards go to `data/` and `rejected/` under temporary names, are renamed into place, and become part
+of the dataset when the manifest that lists them replaces the previous one (the commit point). On
+opening, shard files that no manifest lists (left by a crash) are removed; `--fresh` removes only the
+files our manifest lists, our temporaries and the card, never anything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from synthkiln.engine.errors import OutputError
+
+MANIFEST = "manifest.json"
+CARD = "README.md"
+LOCK = ".synthkiln.lock"
+FORMAT_PREFIX = "synthkiln-"
+FOLDERS = ("data", "rejected")
+# What our writers name shards and their temporaries; nothing else in a shard folder is ever removed.
+_SHARD = re.compile(r"^\.?part-[0-9a-z-]+\.parquet(\.tmp)?$")
+_TEMPORARY = re.compile(r"^\..+\.tmp$")
+
+
+class OutputDirectory:
+    """An output directory claimed for writing: checked, locked, cleaned of uncommitted shards.
+
+    `previous` is the manifest found there (None for a new directory). `output_format` is the format
+    marker the caller writes; a directory holding another format of ours is refused too (a `dedup`
+    output is not a `run` dataset)."""
+
+    def __init__(self, path: str | Path, output_format: str, fresh: bool = False) -> None:
+        self.path = Path(path)
+        self.output_format = output_format
+        self._lock_fd: int | None = None
+        self.previous = _our_manifest(self.path, output_format)  # refuses before anything is created
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            self.previous = _our_manifest(self.path, output_format)  # what the lock now protects
+            if fresh and self.previous is not None:
+                self._remove_listed(self.previous)
+                self.previous = None
+            self.remove_unlisted(listed_shards(self.previous))
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> OutputDirectory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing -------------------------------------------------------------------------------------
+
+    def write_shard(self, table: pa.Table, relative: str) -> dict[str, Any]:
+        """Write `relative` (e.g. `data/part-00000.parquet`) atomically; the entry a manifest lists."""
+        path = self.path / relative
+        path.parent.mkdir(exist_ok=True)
+        write_parquet_atomic(table, path)
+        return {"path": relative, "rows": table.num_rows}
+
+    def commit(self, manifest: dict[str, Any], card: str | None = None) -> None:
+        """Publish `manifest` (the commit point), then the card; shards the previous manifest listed
+        and this one does not are removed after (a replaced corpus output leaves no stale part)."""
+        manifest = {"format": self.output_format, **manifest}
+        write_text_atomic(self.path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        if card is not None:
+            write_text_atomic(self.path / CARD, card)
+        self.remove_unlisted(listed_shards(manifest))
+        self.previous = manifest
+
+    def remove_unlisted(self, listed: set[str]) -> None:
+        """Remove our shard files and temporaries that `listed` does not hold (a crash's leftovers)."""
+        for folder in FOLDERS:
+            directory = self.path / folder
+            if not directory.is_dir():
+                continue
+            for path in directory.iterdir():
+                if _SHARD.match(path.name) and f"{folder}/{path.name}" not in listed:
+                    path.unlink()
+        for path in self.path.iterdir():
+            if _TEMPORARY.match(path.name) and path.is_file():
+                path.unlink()
+
+    def close(self) -> None:
+        """Release the lock. Before any commit, what this run wrote goes too: a failed first run
+        leaves nothing that would block its corrected rerun."""
+        if self._lock_fd is None:
+            return
+        if self.previous is None:
+            self.remove_unlisted(set())
+            for folder in FOLDERS:
+                with contextlib.suppress(OSError):  # not empty: holds files that are not ours
+                    (self.path / folder).rmdir()
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / LOCK).unlink()
+        os.close(self._lock_fd)  # closing releases the flock
+        self._lock_fd = None
+
+    # -- guarding ------------------------------------------------------------------------------------
+
+    def _lock(self) -> None:
+        path = self.path / LOCK
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                holder = _read_pid(path)
+                raise OutputError(
+                    f"{self.path} is being written by another synthkiln process (pid {holder}, lock {path}); "
+                    "wait for it to finish or choose another --out"
+                ) from None
+            # The holder before us may have removed the lock file between our open and our flock:
+            # then we locked a file nobody else can see, and must lock the one at the path.
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _remove_listed(self, manifest: dict[str, Any]) -> None:
+        """`--fresh`: the files our manifest lists, the card and the manifest itself; nothing else."""
+        for relative in sorted(listed_shards(manifest)) + list(manifest.get("files", [])):
+            (self.path / relative).unlink(missing_ok=True)
+        (self.path / CARD).unlink(missing_ok=True)
+        (self.path / MANIFEST).unlink()
+        for folder in FOLDERS:
+            with contextlib.suppress(OSError):  # still holding files we did not write: it stays
+                (self.path / folder).rmdir()
+
+
+def listed_shards(manifest: dict[str, Any] | None) -> set[str]:
+    if manifest is None:
+        return set()
+    shards = manifest.get("shards", {})
+    return {shard["path"] for folder in FOLDERS for shard in shards.get(folder, [])}
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest of one of our directories, or an error naming the file and what is wrong."""
+    path = directory / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise OutputError(f"{directory}: no {MANIFEST}; not a synthkiln output directory") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OutputError(
+            f"{path}: unreadable manifest ({exc}); synthkiln cannot tell which files in {directory} are its "
+            "own, so it touches none: move the directory aside or remove it yourself"
+        ) from None
+    if not isinstance(manifest, dict) or not str(manifest.get("format", "")).startswith(FORMAT_PREFIX):
+        raise OutputError(f"{path} is not a synthkiln manifest (no 'format: {FORMAT_PREFIX}...' marker)")
+    return manifest
+
+
+def _our_manifest(directory: Path, output_format: str) -> dict[str, Any] | None:
+    """The manifest when `directory` is ours and of `output_format`; None when it is new or empty (or
+    holds only what an interrupted first run of ours left); otherwise an error naming what was found."""
+    if not directory.exists():
+        return None
+    if not directory.is_dir():
+        raise OutputError(f"{directory} exists and is not a directory; choose another --out")
+    if (directory / MANIFEST).exists():
+        manifest = read_manifest(directory)
+        if manifest["format"] != output_format:
+            raise OutputError(
+                f"{directory} holds synthkiln output of another kind ({manifest['format']}, this command "
+                f"writes {output_format}); choose another --out"
+            )
+        return manifest
+    foreign = _foreign_entries(directory)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputError(
+            f"{directory} is not empty and holds no synthkiln manifest (found: {shown}); synthkiln never "
+            "writes into or deletes from a directory it did not create: choose another --out"
+        )
+    return None
+
+
+def _foreign_entries(directory: Path) -> list[str]:
+    """Entries of a manifest-less directory that are not an interrupted run of ours. Shard-like files
+    count as ours only beside our lock file (a Hugging Face folder also has `data/`)."""
+    started_by_us = (directory / LOCK).is_file()
+    foreign = []
+    for entry in sorted(directory.iterdir()):
+        if entry.name == LOCK or (started_by_us and _TEMPORARY.match(entry.name)):
+            continue
+        if entry.name in FOLDERS and entry.is_dir():
+            inside = [p for p in entry.iterdir() if not (started_by_us and _SHARD.match(p.name))]
+            foreign.extend(f"{entry.name}/{p.name}" for p in sorted(inside))
+            continue
+        foreign.append(entry.name + ("/" if entry.is_dir() else ""))
+    return foreign
+
+
+def _read_pid(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, temporary, compression="zstd")
+    _fsync(temporary)
+    os.replace(temporary, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    _fsync(temporary)
+    os.replace(temporary, path)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
