@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -226,17 +227,32 @@ def _read_pid(path: Path) -> str:
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, temporary, compression="zstd")
-    _fsync(temporary)
-    os.replace(temporary, path)
+    with _atomic(path) as temporary:
+        pq.write_table(table, temporary, compression="zstd")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    with _atomic(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """Write to a temporary beside `path`, then rename it into place. A failed write (disk full, a size
+    limit) removes the temporary and says which file could not be written; what was committed stays."""
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    _fsync(temporary)
-    os.replace(temporary, path)
+    try:
+        yield temporary
+        _fsync(temporary)
+        os.replace(temporary, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        reason = exc.strerror or str(exc)
+        raise OutputError(
+            f"{path}: cannot write ({reason}); everything committed before is kept, rerun to resume once "
+            "there is room"
+        ) from None
 
 
 def _fsync(path: Path) -> None:
