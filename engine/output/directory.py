@@ -227,17 +227,17 @@ def _read_pid(path: Path) -> str:
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    with _atomic(path) as temporary:
+    with atomic_path(path) as temporary:
         pq.write_table(table, temporary, compression="zstd")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    with _atomic(path) as temporary:
+    with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
 
 
 @contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path) -> Iterator[Path]:
     """Write to a temporary beside `path`, then rename it into place. A failed write (disk full, a size
     limit) removes the temporary and says which file could not be written; what was committed stays."""
     temporary = path.with_name(f".{path.name}.tmp")

@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from synthkiln.engine.corpus import iter_sources
 from synthkiln.engine.errors import SynthkilnError
+from synthkiln.engine.output.directory import atomic_path
 from synthkiln.engine.stages.base import Stage
 from synthkiln.kernels.lsh import StreamingIndex
 from synthkiln.kernels.minhash import SCHEME, minhash_signatures
@@ -117,17 +118,16 @@ def save_index(
 ) -> None:
     """Signatures of kept documents and where they came from (`files[rows[i, 0]]`, row `rows[i, 1]`),
     reusable as `dedup.against` without re-hashing the corpus."""
-    temporary = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(
-        temporary,
-        signatures=signatures,
-        files=np.array(files, dtype=str),
-        rows=rows,
-        num_perm=num_perm,
-        ngram=ngram,
-        scheme=SCHEME,
-    )
-    temporary.replace(path)
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:  # a file: savez adds no suffix
+        np.savez(
+            handle,
+            signatures=signatures,
+            files=np.array(files, dtype=str),
+            rows=rows,
+            num_perm=num_perm,
+            ngram=ngram,
+            scheme=SCHEME,
+        )
 
 
 def load_index(path: Path, num_perm: int, ngram: int) -> tuple[np.ndarray, list[str]]:
