@@ -24,9 +24,6 @@ from synthkiln.verifiers.errors import VerifierError
 _RENAMED = {"field": "field_name"}  # recipe/CLI spelling -> constructor argument
 
 
-_RENAMED = {"field": "field_name"}  # recipe/CLI spelling -> constructor argument
-
-
 def build_verifier(
     name: str,
     options: dict[str, Any],
