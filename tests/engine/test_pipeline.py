@@ -86,12 +86,15 @@ def test_keep_first_and_reference_verification(tmp_path: Path, gsm8k_dir: Path, 
     rejected = pq.read_table(tmp_path / "out" / "rejected").to_pylist() if funnel["accepted"] < 6 else []
     assert len(rows) + len(rejected) == 6
     assert len({r["prompt_id"] for r in rows}) == len(rows)  # at most one kept sample per prompt
-    for row in rows:
-        assert row["verified"] is True and row["reference"] is not None
-    for row in rejected:
-        assert row["stage"] in {"reference", "select", "length", "refusal", "empty"}
-        if row["stage"] == "reference":
-            assert row["verified"] is False or row["answer"] is None
+    assert {row["stage"] for row in rejected} <= {"reference", "select", "length", "refusal", "empty"}
+    # Kept rows and those the reference check rejected; each prompt's first sample is one of them (SmolLM2
+    # gets these wrong: all six are rejected by the check here, so `rows` alone may be empty).
+    judged = rows + [row for row in rejected if row["stage"] == "reference"]
+    assert len({row["prompt_id"] for row in judged}) == 2
+    for row in judged:
+        assert row["reference"] is not None
+        kept = "stage" not in row
+        assert row["verified"] is True if kept else (row["verified"] is False or row["answer"] is None)
     # GSM8K references are the number after "####".
     first_seed = json.loads((gsm8k_dir / "train.jsonl").read_text().splitlines()[0])
     references = {r["reference"] for r in rows + rejected if r["seed_row"] == 1}
