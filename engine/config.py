@@ -176,6 +176,12 @@ class OpenAITeacherConfig(_TeacherBase):
     concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
     timeout_s: float = Field(120.0, gt=0, description="Timeout of one request, in seconds.")
     max_retries: int = Field(5, ge=0, description="Retries on 429, 5xx and connection errors, with backoff.")
+    context_length: int = Field(
+        32768,
+        ge=16,
+        description="Context of the served model in tokens: prompts estimated (from their characters) "
+        "not to fit with `max_tokens` are quarantined instead of sent.",
+    )
 
 
 TeacherConfig = Annotated[

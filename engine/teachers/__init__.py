@@ -30,11 +30,20 @@ class Completion:
     completion_tokens: int
 
 
+# Backends without a tokenizer here estimate a prompt's tokens from its characters. English BPE text
+# averages ~4 characters a token and code ~3; dividing by 8 undercounts typical text by about half, so
+# what is stopped is far past the context (the 5 MB seed line), not a prompt near its edge.
+_CHARS_PER_TOKEN_BOUND = 8
+
+
 class Teacher(ABC):
     """A model that answers chat requests. Closing it releases the model (and GPU memory)."""
 
     backend: str
     devices: int = 1  # accelerators (or CPU sockets) busy while it generates; scales device-seconds
+    # Tokens a prompt plus its sample may take; None: unknown, prompts are not checked.
+    context_length: int | None = None
+    counts_tokens_exactly = False  # False: `prompt_tokens` is the estimate from characters
 
     def __init__(self, name: str, model: str) -> None:
         self.name = name
@@ -43,6 +52,10 @@ class Teacher(ABC):
     @abstractmethod
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig) -> list[list[Completion]]:
         """Return, for each request, its `n` completions in order."""
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Tokens the prompt takes once templated; here estimated from its characters."""
+        return sum(len(m["content"]) for m in messages) // _CHARS_PER_TOKEN_BOUND
 
     @abstractmethod
     def close(self) -> None:

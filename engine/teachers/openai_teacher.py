@@ -33,6 +33,7 @@ class OpenAITeacher(Teacher):
         key = os.environ.get(config.api_key_env)
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._transport = transport  # tests inject HTTP failures of a remote server here
+        self.context_length = config.context_length
         self.backoff_base_s = 0.5
 
     def close(self) -> None:

@@ -36,6 +36,8 @@ class TransformersTeacher(Teacher):
         self._dtype = dtype
         self._batch_size = config.batch_size
         self._torch = torch
+        self.context_length = _context_length(self._model.config, self._tokenizer)
+        self.counts_tokens_exactly = True
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "dtype": self._dtype, "device": self._device}
@@ -48,15 +50,19 @@ class TransformersTeacher(Teacher):
             results.extend(self._generate_batch(requests[start : start + self._batch_size], sampling))
         return results
 
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Tokens of the templated prompt, counted as `generate` will encode it."""
+        return len(self._tokenizer(self._chat_text(messages), add_special_tokens=False)["input_ids"])
+
+    def _chat_text(self, messages: list[dict[str, str]]) -> str:
+        return self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
     def _generate_batch(
         self, requests: list[GenerationRequest], sampling: SamplingConfig
     ) -> list[list[Completion]]:
         torch = self._torch
         tokenizer = self._tokenizer
-        texts = [
-            tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
-            for r in requests
-        ]
+        texts = [self._chat_text(r.messages) for r in requests]
         inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
             self._device
         )
@@ -118,3 +124,13 @@ class TransformersTeacher(Teacher):
         self._model = None
         if self._device == "cuda":
             self._torch.cuda.empty_cache()
+
+
+def _context_length(config: Any, tokenizer: Any) -> int | None:
+    """The model's trained context: its position embeddings, else the tokenizer's declared maximum
+    (tokenizers without one declare a huge sentinel, ~1e30, which means unknown)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        return positions
+    declared = getattr(tokenizer, "model_max_length", None)
+    return declared if isinstance(declared, int) and 0 < declared < 10**9 else None

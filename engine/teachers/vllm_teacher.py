@@ -50,6 +50,8 @@ class VLLMTeacher(Teacher):
         self._sampling_params = vllm.SamplingParams
         self._llm: Any = vllm.LLM(**options)
         self._version = vllm.__version__
+        self.context_length = self._llm.llm_engine.model_config.max_model_len
+        self.counts_tokens_exactly = True
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -59,6 +61,12 @@ class VLLMTeacher(Teacher):
             "device": "cpu" if self._cpu else "cuda",
             "vllm": self._version,
         }
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Tokens of the prompt under the model's chat template, as `LLM.chat` encodes it."""
+        tokenizer = self._llm.get_tokenizer()
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig) -> list[list[Completion]]:
         if self._llm is None:
