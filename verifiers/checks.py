@@ -69,6 +69,11 @@ class Verifier(ABC):
     def close(self) -> None:  # noqa: B027 (optional hook: only model verifiers hold anything)
         """Release models and the like."""
 
+    def required_fields(self) -> dict[str, str]:
+        """The fields every row must hold, each with the constructor argument that named it: a caller
+        refuses a misspelt field before running anything rather than fail every row."""
+        return {}
+
     @abstractmethod
     def job(self, row: dict[str, Any]) -> Job | Verdict:
         """The sandboxed job that checks `row`, or a verdict when none is needed (e.g. a missing field)."""
@@ -168,6 +173,9 @@ class PythonTests(Verifier):
     ) -> None:
         self.code_field, self.tests_field, self.entry_point_field = code_field, tests_field, entry_point_field
 
+    def required_fields(self) -> dict[str, str]:
+        return {self.code_field: "code_field", self.tests_field: "tests_field"}  # no entry point: plain tests
+
     def job(self, row: dict[str, Any]) -> Job | Verdict:
         try:
             code, tests = _field(row, self.code_field), _field(row, self.tests_field)
@@ -210,6 +218,9 @@ class StdioTests(Verifier):
         self, program_field: str = "program", cases_field: str = "cases", case_seconds: float = 2.0
     ) -> None:
         self.program_field, self.cases_field, self.case_seconds = program_field, cases_field, case_seconds
+
+    def required_fields(self) -> dict[str, str]:
+        return {self.program_field: "program_field", self.cases_field: "cases_field"}
 
     def job(self, row: dict[str, Any]) -> Job | Verdict:
         try:
@@ -265,6 +276,9 @@ class MathAnswer(Verifier):
     def __init__(self, response_field: str = "response", reference_field: str = "reference") -> None:
         self.response_field, self.reference_field = response_field, reference_field
 
+    def required_fields(self) -> dict[str, str]:
+        return {self.response_field: "response_field", self.reference_field: "reference_field"}
+
     def job(self, row: dict[str, Any]) -> Job | Verdict:
         decided, job = self.group([row])
         return decided[0] or job  # type: ignore[return-value]
@@ -319,6 +333,9 @@ class JsonSchema(Verifier):
         self.validator = jsonschema.validators.validator_for(schema)(schema)
         self.field_name = field_name
 
+    def required_fields(self) -> dict[str, str]:
+        return {self.field_name: "field_name"}
+
     def job(self, row: dict[str, Any]) -> Verdict:
         text = row.get(self.field_name)
         if text is None:
@@ -352,6 +369,9 @@ class Regex(Verifier):
     def __init__(self, pattern: str, field_name: str = "response", max_chars: int = 100_000) -> None:
         self.pattern, self.field_name, self.max_chars = re.compile(pattern), field_name, max_chars
 
+    def required_fields(self) -> dict[str, str]:
+        return {self.field_name: "field_name"}
+
     def job(self, row: dict[str, Any]) -> Verdict:
         text = row.get(self.field_name) or ""
         if len(text) > self.max_chars:  # bounds the work a pathological pattern can do
@@ -369,6 +389,9 @@ class Length(Verifier):
         self, min_words: int = 1, max_words: int | None = None, field_name: str = "response"
     ) -> None:
         self.min_words, self.max_words, self.field_name = min_words, max_words, field_name
+
+    def required_fields(self) -> dict[str, str]:
+        return {self.field_name: "field_name"}
 
     def job(self, row: dict[str, Any]) -> Verdict:
         words = len((row.get(self.field_name) or "").split())

@@ -77,6 +77,9 @@ class Judge(Verifier):
         self.generate, self.rubric, self.threshold, self.scale = generate, rubric, threshold, scale
         self.field_name, self.prompt_field, self.release = field_name, prompt_field, release
 
+    def required_fields(self) -> dict[str, str]:
+        return {self.field_name: "field_name"}  # without a prompt field the answer is judged alone
+
     def job(self, row: dict[str, Any]) -> Verdict:
         return self.verdicts([row])[0]
 
@@ -143,6 +146,9 @@ class RewardModel(Verifier):
             batch_size,
         )
         self._torch = torch
+
+    def required_fields(self) -> dict[str, str]:
+        return {self.field_name: "field_name"}
 
     def job(self, row: dict[str, Any]) -> Verdict:
         return self.verdicts([row])[0]

@@ -10,9 +10,6 @@ from synthkiln.engine.corpus import CorpusCommand, Source
 from synthkiln.engine.stages.verify import record_verdict, verify_rows
 from synthkiln.verifiers import Verifier, VerifierPool
 
-# Fields a verifier may do without (python-tests runs plain asserts when a row has no entry point).
-_OPTIONAL_FIELDS = {"entry_point_field"}
-
 
 class Verify(CorpusCommand):
     """Passing rows to `data/`, failing ones to `rejected/` with `verdict`, `reason` and `detail`."""
@@ -25,18 +22,11 @@ class Verify(CorpusCommand):
         self.verifiers, self.pool = verifiers, pool
 
     def fields(self) -> dict[str, str]:
-        """What the verifiers read: their `*_field` / `field_name` settings (a misspelt field would fail
-        every row; it is refused before anything runs)."""
         named: dict[str, str] = {}
         for verifier in self.verifiers:
-            for key, value in vars(verifier).items():
-                if (
-                    key.endswith(("_field", "field_name"))
-                    and key not in _OPTIONAL_FIELDS
-                    and isinstance(value, str)
-                ):
-                    option = "--field" if key == "field_name" else "--" + key.replace("_", "-")
-                    named.setdefault(value, f"{option} of {verifier.name}")
+            for field_name, argument in verifier.required_fields().items():
+                option = "--field" if argument == "field_name" else "--" + argument.replace("_", "-")
+                named.setdefault(field_name, f"{option} of {verifier.name}")
         return named
 
     def split(self, batch: pa.RecordBatch, source: Source) -> tuple[pa.RecordBatch, pa.RecordBatch]:

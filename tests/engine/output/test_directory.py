@@ -154,6 +154,10 @@ def test_a_misspelt_verifier_field_is_refused_before_anything_runs(tmp_path: Pat
     assert "c.jsonl: no field 'cdoe' (from --code-field of python-tests)" in result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists() or list(out.iterdir()) == []
+    # The entry point is optional (plain asserts, MBPP style): rows without one are checked, not refused.
+    result = cli("verify", str(corpus), "--out", str(out), "--verifier", "python-tests", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert pq.read_table(out / "data").num_rows == 1
 
 
 def test_a_text_field_holding_numbers_is_named_with_its_row(tmp_path: Path) -> None:
