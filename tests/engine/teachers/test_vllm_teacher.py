@@ -61,6 +61,9 @@ if __name__ == "__main__":
     out = teacher.generate([GenerationRequest([{"role": "user", "content": "Hi"}], n=2, seed=1)],
                            SamplingConfig(temperature=0.8, max_tokens=8))
     assert len(out[0]) == 2 and all(c.completion_tokens > 0 for c in out[0])
+    # The context check counts a prompt as the engine does, against the engine's max_model_len.
+    assert teacher.context_length == 512
+    assert teacher.prompt_tokens([{"role": "user", "content": "Hi"}]) == out[0][0].prompt_tokens
     # Python's multiprocessing resource tracker lives until exit by design; the engine must not.
     children = [c for c in psutil.Process().children(recursive=True)
                 if "resource_tracker" not in " ".join(c.cmdline())]
