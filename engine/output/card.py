@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import yaml
+
+from synthkiln.engine.models import EMBEDDED_MODELS, EMBEDDED_PREFIX
 
 
 def render_card(manifest: dict[str, Any]) -> str:
     funnel = manifest["funnel"]
     recipe = manifest["recipe"]
     teachers = manifest.get("teachers", [])
+    licences = [model_license(t.get("model", "")) for t in recipe.get("teachers", [])]
     header = {
         "pretty_name": manifest["name"],
-        "license": "other",
+        "license": _header_license(licences),
         "language": ["en"],
         "task_categories": ["text-generation"],
         "tags": ["synthetic", "synthkiln"],
@@ -43,7 +48,17 @@ def render_card(manifest: dict[str, Any]) -> str:
         "",
         "## Teachers",
         "",
-        *[f"- **{t['name']}**: {t['backend']} serving `{t['model']}`" for t in teachers],
+        *[
+            f"- **{t['name']}**: {t['backend']} serving `{t['model']}`, licence "
+            + (f"`{licence}`" if licence else "unknown (check the model's terms)")
+            for t, licence in zip(teachers, _padded(licences, len(teachers)), strict=True)
+        ],
+        "",
+        _sampling(recipe),
+        "",
+        "## Seeds",
+        "",
+        _seeds(manifest.get("seeds") or {}),
         "",
         "## Funnel",
         "",
@@ -57,6 +72,8 @@ def render_card(manifest: dict[str, Any]) -> str:
             for stage, reasons in funnel["rejected"].items()
             for reason, count in reasons.items()
         ],
+        "",
+        _cut_at_max_tokens(funnel, recipe),
         "",
         f"Tokens: {manifest['tokens']['prompt']} prompt, {manifest['tokens']['completion']} completion. "
         f"Device seconds: {manifest['timing']['device_seconds']}"
@@ -83,6 +100,82 @@ def render_card(manifest: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def model_license(model: str) -> str | None:
+    """The licence identifier of a teacher's model where it is known: the embedded models' own, or the
+    `license` of a model directory's README front matter or config.json; None for hub ids and servers."""
+    if model.startswith(EMBEDDED_PREFIX):
+        embedded = EMBEDDED_MODELS.get(model[len(EMBEDDED_PREFIX) :])
+        return embedded.license.lower() if embedded else None
+    directory = Path(model)
+    if not directory.is_dir():
+        return None
+    readme = directory / "README.md"
+    if readme.is_file():
+        parts = readme.read_text(errors="replace").split("---", 2)
+        if len(parts) == 3 and not parts[0].strip():  # a YAML header: "---", front matter, "---"
+            try:
+                front = yaml.safe_load(parts[1])
+            except yaml.YAMLError:
+                front = None
+            if isinstance(front, dict) and isinstance(front.get("license"), str):
+                return front["license"]
+    config = directory / "config.json"
+    if config.is_file():
+        try:
+            found = json.loads(config.read_text()).get("license")
+        except (json.JSONDecodeError, AttributeError):
+            found = None
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _header_license(licences: list[str | None]) -> str | list[str]:
+    # Hugging Face takes one identifier or a list; "other" says the terms are not known here
+    if not licences or None in licences:
+        return "other"
+    known = list(dict.fromkeys(licence for licence in licences if licence))
+    return known[0] if len(known) == 1 else known
+
+
+def _padded(licences: list[str | None], count: int) -> list[str | None]:
+    """One licence per described teacher (a manifest from before a recipe change may list fewer)."""
+    return (licences + [None] * count)[:count]
+
+
+def _sampling(recipe: dict[str, Any]) -> str:
+    sampling = recipe.get("sampling", {})
+    generation = recipe.get("generation", {})
+    stop = ", ".join(f"`{s!r}`" for s in sampling.get("stop", [])) or "none"
+    decoding = "greedy" if sampling.get("temperature") == 0 else "sampled"
+    return (
+        f"Sampling ({decoding}): temperature {sampling.get('temperature')}, top_p {sampling.get('top_p')}, "
+        f"max_tokens {sampling.get('max_tokens')}, stop strings {stop}; "
+        f"{generation.get('samples_per_prompt', 1)} sample(s) per prompt, base seed {recipe.get('seed')}."
+    )
+
+
+def _seeds(seeds: dict[str, Any]) -> str:
+    if seeds.get("path"):
+        limit = f", first {seeds['limit']} rows" if seeds.get("limit") else ""
+        return f"Seed rows from `{seeds['path']}` (sha256 `{seeds['sha256']}`{limit})."
+    if seeds.get("hf_dataset"):
+        config = f", config `{seeds['config']}`" if seeds.get("config") else ""
+        return f"Seed rows from the Hugging Face dataset `{seeds['hf_dataset']}`{config}, split `{seeds['split']}`."
+    return "Seeds: not recorded."
+
+
+def _cut_at_max_tokens(funnel: dict[str, Any], recipe: dict[str, Any]) -> str:
+    max_tokens = recipe.get("sampling", {}).get("max_tokens")
+    if "cut_at_max_tokens" not in funnel:  # a manifest written before the count was kept
+        return f"Samples cut at max_tokens ({max_tokens}): not recorded."
+    cut, samples = funnel["cut_at_max_tokens"], funnel["samples"]
+    share = f"{cut / samples:.1%}" if samples else "0%"
+    return (
+        f'Samples cut at max_tokens ({max_tokens}, `finish_reason = "length"`): {cut} of {samples} ({share}).'
+    )
 
 
 def _listing(label: str, items: list[Any], empty: str) -> str:
