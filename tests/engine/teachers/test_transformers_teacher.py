@@ -50,3 +50,15 @@ def test_stop_strings_cut_the_text(hf_teacher) -> None:
     cut = hf_teacher.generate(request, SamplingConfig(temperature=0, max_tokens=40, stop=["\n"]))[0][0]
     assert "\n" not in cut.text and cut.finish_reason == "stop"
     assert full.startswith(cut.text)
+
+
+def test_prompt_tokens_count_as_generate_encodes_against_the_trained_context(hf_teacher) -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": QUICK_INSTRUCTIONS[0]},
+    ]
+    [[sample]] = hf_teacher.generate(
+        [GenerationRequest(messages)], SamplingConfig(temperature=0, max_tokens=1)
+    )
+    assert hf_teacher.prompt_tokens(messages) == sample.prompt_tokens > 10
+    assert hf_teacher.counts_tokens_exactly and hf_teacher.context_length == 8192  # SmolLM2's positions
