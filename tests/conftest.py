@@ -13,6 +13,18 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_BENCHMARKS = REPO.parent / "shared" / "benchmarks"
 
 
+def shared_benchmark(relative: str) -> Path:
+    """`../shared/benchmarks/<relative>`. Where it is absent the test is skipped, except under `CI=true`,
+    where it fails: CI must run the tests that need real benchmark data, not skip them silently."""
+    path = SHARED_BENCHMARKS / relative
+    if not path.exists():
+        message = f"{relative} not found in {SHARED_BENCHMARKS} (expected ../shared/benchmarks/{relative})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message}; CI=true: the tests that need it must run", pytrace=False)
+        pytest.skip(message)
+    return path
+
+
 def write_recipe(directory: Path, text: str, name: str = "recipe.toml") -> Path:
     path = directory / name
     path.write_text(text)
@@ -49,19 +61,14 @@ def humaneval_problems() -> list[dict]:
     import gzip
     import json
 
-    path = SHARED_BENCHMARKS / "humaneval" / "HumanEval.jsonl.gz"
-    if not path.is_file():
-        pytest.skip(f"HumanEval not found at {path} (expected ../shared/benchmarks/humaneval)")
-    with gzip.open(path, "rt") as handle:
+    with gzip.open(shared_benchmark("humaneval/HumanEval.jsonl.gz"), "rt") as handle:
         return [json.loads(line) for line in handle]
 
 
 @pytest.fixture(scope="session")
 def gsm8k_dir() -> Path:
-    directory = SHARED_BENCHMARKS / "gsm8k"
-    if not (directory / "train.jsonl").is_file():
-        pytest.skip(f"GSM8K data not found at {directory} (expected ../shared/benchmarks/gsm8k)")
-    return directory
+    shared_benchmark("gsm8k/test.jsonl")
+    return shared_benchmark("gsm8k/train.jsonl").parent
 
 
 @pytest.fixture(scope="session")

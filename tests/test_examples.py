@@ -12,7 +12,7 @@ import pytest
 from synthkiln.engine.config import load_recipe
 from synthkiln.engine.seeds import read_seeds
 from synthkiln.engine.tasks import build_task
-from tests.conftest import REPO, synthkiln_command
+from tests.conftest import REPO, shared_benchmark, synthkiln_command
 
 EXAMPLES = sorted((REPO / "examples").glob("*.toml"))
 
@@ -83,7 +83,7 @@ def test_code_example_keeps_code_that_passes_its_tests(
     tmp_path: Path, humaneval_problems: list[dict]
 ) -> None:
     out = tmp_path / "code"
-    humaneval = REPO.parent / "shared" / "benchmarks" / "humaneval" / "HumanEval.jsonl.gz"
+    humaneval = shared_benchmark("humaneval/HumanEval.jsonl.gz")
     subprocess.run(
         [*synthkiln_command(), "run", str(REPO / "examples" / "code.toml"), "--out", str(out), "--quiet",
          "--set", f"decontaminate.benchmarks.0.path={humaneval}", "--set", "seeds.limit=4",

@@ -4,6 +4,8 @@ import json
 import random
 import re
 import subprocess
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from synthkiln.engine.corpus.decontaminate import Decontaminate as Decontaminate
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.stages import decontam
 from synthkiln.engine.stages.decontam import ContaminationIndex, Decontaminate
-from tests.conftest import REPO, SHARED_BENCHMARKS, synthkiln_command
+from tests.conftest import REPO, shared_benchmark, synthkiln_command
 
 
 @pytest.fixture(autouse=True)
@@ -37,10 +39,7 @@ def gsm8k_test(gsm8k_dir: Path) -> BenchmarkConfig:
 
 @pytest.fixture(scope="module")
 def humaneval_path() -> Path:
-    path = SHARED_BENCHMARKS / "humaneval" / "HumanEval.jsonl.gz"
-    if not path.is_file():
-        pytest.skip(f"HumanEval not found at {path}")
-    return path
+    return shared_benchmark("humaneval/HumanEval.jsonl.gz")
 
 
 # -- measured quality: planted benchmark items ------------------------------------------------------
@@ -224,9 +223,20 @@ def test_benchmarks_fail_closed(tmp_path: Path) -> None:
         index_of(BenchmarkConfig(name="mine", path=str(tmp_path / "empty.jsonl")))
 
 
-def test_builtin_benchmark_without_a_file_needs_the_hub() -> None:
-    # This machine has no `datasets` package and no hub access: the run must stop, not skip gsm8k.
-    with pytest.raises(SynthkilnError, match=r"gsm8k.*(datasets|cannot load)"):
+def test_builtin_benchmark_without_a_file_needs_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Whether or not this machine has `datasets` and reaches the hub, both failures are staged here: the
+    # run must stop naming the benchmark and the way out, never skip gsm8k.
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` raises ImportError
+    with pytest.raises(SynthkilnError, match=r"benchmark 'gsm8k' .* needs `datasets`: .* gsm8k=PATH"):
+        index_of(BenchmarkConfig(name="gsm8k"))
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("hub unreachable")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=unreachable))
+    with pytest.raises(
+        SynthkilnError, match=r"benchmark 'gsm8k': cannot load .*ConnectionError: hub unreachable"
+    ):
         index_of(BenchmarkConfig(name="gsm8k"))
 
 
