@@ -368,7 +368,12 @@ class Recipe(_Strict):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-_RELATIVE_TO_RECIPE = (("seeds", "path"), ("task", "template_file"), ("dedup", "against"))
+_RELATIVE_TO_RECIPE = (
+    ("seeds", "path"),
+    ("task", "template_file"),
+    ("dedup", "against"),
+    ("output", "dir"),
+)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -437,23 +442,42 @@ def apply_override(data: dict[str, Any], override: str) -> tuple[str | int, ...]
 
 
 def dump_recipe(recipe: Recipe, fmt: Literal["toml", "yaml", "json"] = "toml") -> str:
-    data = _drop_none(recipe.to_dict())
+    """Every key of the recipe, defaults included; an unset optional key is null in YAML and JSON and
+    a `# key = null` comment in TOML, which has no null (the text stays a valid recipe)."""
+    data = recipe.to_dict()
     if fmt == "json":
         return json.dumps(data, indent=2) + "\n"
     if fmt == "yaml":
         return yaml.safe_dump(data, sort_keys=False)
+    return "\n".join(_toml_table(data, ())).lstrip("\n") + "\n"
+
+
+def _toml_table(table: dict[str, Any], path: tuple[str, ...]) -> list[str]:
+    """Lines of one TOML table: its values (null ones commented), then its sub-tables and arrays of
+    tables. tomli_w formats each value, so quoting and escaping are its own."""
     import tomli_w
 
-    return tomli_w.dumps(data)
+    lines: list[str] = []
+    nested: list[tuple[str, Any]] = []
+    for key, value in table.items():
+        if isinstance(value, dict) or (
+            value and isinstance(value, list) and all(isinstance(v, dict) for v in value)
+        ):
+            nested.append((key, value))
+        elif value is None:
+            lines.append(f"# {_toml_key(key)} = null")
+        else:
+            lines.append(tomli_w.dumps({key: value}).rstrip("\n"))
+    for key, value in nested:
+        inner = (*path, _toml_key(key))
+        for item in [value] if isinstance(value, dict) else value:
+            header = f"[{'.'.join(inner)}]" if isinstance(value, dict) else f"[[{'.'.join(inner)}]]"
+            lines += ["", header, *_toml_table(item, inner)]
+    return lines
 
 
-def _drop_none(value: Any) -> Any:
-    # TOML has no null: an unset optional key is simply absent.
-    if isinstance(value, dict):
-        return {k: _drop_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_drop_none(v) for v in value]
-    return value
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() and key.isascii() else json.dumps(key)
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:

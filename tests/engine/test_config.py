@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from synthkiln.engine.config import apply_override, load_recipe
 from synthkiln.engine.errors import RecipeError
@@ -26,6 +28,10 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert recipe.teachers[0].model == "embedded:smollm2"
     assert recipe.task.question_field == "question"
     assert recipe.output_dir == Path("out/t")
+    # output.dir in the file is relative to the file, like every path there; from --set, to the cwd
+    placed = load_recipe(write_recipe(tmp_path, BASE + '[output]\ndir = "data/t"\n', "placed.toml"))
+    assert placed.output_dir == tmp_path / "data" / "t"
+    assert load_recipe(tmp_path / "placed.toml", ["output.dir=elsewhere"]).output_dir == Path("elsewhere")
 
 
 def test_unknown_key_names_file_path_and_suggestion(tmp_path: Path) -> None:
@@ -150,3 +156,20 @@ def test_config_show_prints_resolved_recipe(tmp_path: Path) -> None:
     # What `config show` prints is itself a valid recipe with the same content.
     shown = write_recipe(tmp_path, done.stdout, "shown.toml")
     assert load_recipe(shown).content_hash() == load_recipe(path, ["sampling.max_tokens=77"]).content_hash()
+
+
+def test_config_show_prints_unset_keys_as_null(tmp_path: Path) -> None:
+    path = write_recipe(tmp_path, BASE)
+
+    def show(fmt: str) -> str:
+        command = [sys.executable, "-m", "synthkiln.engine.cli", "config", "show", str(path), "--format", fmt]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    toml_text = show("toml")
+    seeds = toml_text.split("[seeds]\n", 1)[1].split("\n\n", 1)[0]  # the [seeds] table's lines
+    assert "# limit = null" in seeds.splitlines() and "# hf_dataset = null" in seeds.splitlines()
+    assert "# dir = null" in toml_text.split("[output]\n", 1)[1].splitlines()
+    shown = write_recipe(tmp_path, toml_text, "shown.toml")  # the comments keep it a valid recipe
+    assert load_recipe(shown).content_hash() == load_recipe(path).content_hash()
+    assert yaml.safe_load(show("yaml"))["seeds"]["limit"] is None
+    assert json.loads(show("json"))["seeds"]["limit"] is None  # present (a KeyError if omitted)
