@@ -2,8 +2,9 @@
 
 Scheme (shared bit for bit by both backends):
 
-1. tokens: words (runs of bytes that :func:`text.fold_byte` keeps), or characters
-   (UTF-8 code points, each separator run folded to one space);
+1. tokens (:func:`text.tokenize`, shared with the n-gram index): words (runs of bytes that
+   :func:`text.fold_byte` keeps), or characters (UTF-8 code points, each separator run folded to one
+   space);
 2. token hash: the token's folded bytes cut into 8-byte little-endian chunks (the last one zero
    padded), hashed as the polynomial ``sum(chunk_j * K**((j + 1) mod 256)) mod 2**64`` (K the 64-bit
    golden ratio constant). Tokens hold no zero byte, so distinct tokens of up to 8 bytes get distinct
@@ -26,33 +27,16 @@ from typing import Literal
 import numba
 import numpy as np
 import pyarrow as pa
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.cpython.unsafe.numbers import trailing_zeros
-from numba.extending import intrinsic
+from numba import njit, prange
 
-from synthkiln.kernels.text import Normalization, TextBuffers, as_text_buffers, fold_byte
+from synthkiln.kernels.text import GOLDEN64, Normalization, TextBuffers, as_text_buffers, tokenize, workspace
 
 EMPTY = np.uint32(0xFFFFFFFF)
-SCHEME = 2  # bump when any hash above changes: saved signatures and indexes of another scheme are refused
+SCHEME = 2  # bump when any hash above (or text.tokenize's) changes: other schemes' signatures are refused
 
-GOLDEN64 = np.uint64(0x9E3779B97F4A7C15)
 MIX32_1 = np.uint32(0x85EBCA6B)
 MIX32_2 = np.uint32(0xC2B2AE35)
-SPACE = np.uint8(0x20)
 ROLL = np.uint64(27)
-
-
-def _powers(count: int) -> np.ndarray:
-    powers, value = np.empty(count, dtype=np.uint64), 1
-    for i in range(count):
-        powers[i] = value
-        value = value * int(GOLDEN64) % 2**64
-    return powers
-
-
-POWERS = _powers(256)  # K**i mod 2**64 for the polynomial token hash (chunk positions wrap at 256)
-_PAD = 72  # zero bytes after a document's folded bytes: the separator block's tail plus one 8-byte read
 
 Backend = Literal["auto", "numba", "triton"]
 
@@ -171,152 +155,6 @@ def _fmix32(h: np.uint32) -> np.uint32:
     h = np.uint32(h * MIX32_2)
     h ^= h >> np.uint32(16)
     return h
-
-
-@intrinsic
-def _load_u64(typingctx, array, index):
-    """The 8 bytes of a uint8 array at `index`, little endian, from any alignment."""
-
-    def codegen(context, builder, signature, args):
-        items = context.make_array(signature.args[0])(context, builder, args[0])
-        address = builder.bitcast(builder.gep(items.data, [args[1]]), ir.IntType(64).as_pointer())
-        return builder.load(address, align=1)
-
-    return types.uint64(array, index), codegen
-
-
-@intrinsic
-def _popcount(typingctx, x):
-    def codegen(context, builder, signature, args):
-        return builder.ctpop(args[0])
-
-    return types.uint64(x), codegen
-
-
-@njit(inline="always", cache=True)
-def _low_bytes(count: np.int64) -> np.uint64:
-    """A mask of the low `count` bytes, 0 <= count <= 8 (two shifts: a shift by 64 is undefined)."""
-    half = np.uint64(4 * count)
-    return ((np.uint64(1) << half) << half) - np.uint64(1)
-
-
-@njit(cache=True)
-def workspace(longest: int):
-    """Scratch for the words tokenizer, enough for any document of up to `longest` bytes."""
-    blocks = longest // 64 + 1
-    return (
-        np.zeros(blocks * 64 + _PAD, np.uint8),  # folded bytes, zero padded
-        np.empty(blocks, np.uint64),  # one separator bit per byte
-        np.empty(blocks * 64 + 8, np.int64),  # word edges (starts and ends, alternating)
-        np.empty(blocks * 32 + 1, np.int64),  # the words longer than 8 bytes
-    )
-
-
-@njit(inline="always", cache=True)
-def tokenize(data, start, end, flags, chars, work, out) -> np.int64:
-    """Write the document's token hashes into `out` (room for end - start + 2); return how many.
-    `work` is a `workspace` for documents of at least end - start bytes."""
-    if chars:
-        return _tokenize_chars(data, start, end, flags, out)
-    return _tokenize_words(data, start, end, flags, work, out)
-
-
-@njit(inline="always", cache=True)
-def _tokenize_words(data, start, end, flags, work, out) -> np.int64:
-    # Word boundaries are unpredictable, so no branch may depend on them: fold the bytes and turn them
-    # into one separator bit per byte (two loops the compiler vectorises), find every edge between a
-    # word and a separator with bit operations (edges are written 8 at a time whether there are 8 or
-    # not, so the loop exit is taken once per 64 bytes, the simdjson way), hash every word's first
-    # 8 bytes in a branch-free loop that lists the longer words, then add their other chunks.
-    folded, separators, edges, long_words = work
-    n = end - start
-    text = data[start:end]  # a view from 0: indices the compiler knows are in range, so it vectorises
-    for i in range(n):
-        folded[i] = fold_byte(text[i], flags)
-    blocks = n // 64 + 1  # covers byte n: every word ends before the padding does
-    folded[n : blocks * 64 + 8] = 0
-    for w in range(blocks):
-        bits = np.uint64(0)
-        for j in range(64):
-            bits |= np.uint64(folded[w * 64 + j] == 0) << np.uint64(j)
-        separators[w] = bits
-    count = np.int64(0)
-    before = np.uint64(1)  # the byte before the text counts as a separator
-    for w in range(blocks):
-        bits = separators[w]
-        changes = bits ^ ((bits << np.uint64(1)) | before)
-        before = bits >> np.uint64(63)
-        at = count
-        count += np.int64(_popcount(changes))
-        while True:
-            for _ in range(8):
-                edges[at] = w * 64 + np.int64(trailing_zeros(changes))
-                changes &= changes - np.uint64(1)
-                at += 1
-            if changes == 0:
-                break
-    words = count // 2
-    longer = 0
-    for t in range(words):
-        length = edges[2 * t + 1] - edges[2 * t]
-        out[t] = _chunk_term(folded, edges[2 * t], length, 0)
-        long_words[longer] = t
-        longer += length > 8
-    for k in range(longer):
-        t = long_words[k]
-        length = edges[2 * t + 1] - edges[2 * t]
-        for chunk in range(1, (length + 7) // 8):
-            out[t] += _chunk_term(folded, edges[2 * t], length, chunk)
-    return words
-
-
-@njit(inline="always", cache=True)
-def _chunk_term(folded, first, length, chunk) -> np.uint64:
-    """chunk_j * K**(j + 1) of the token hash: the word's bytes [8j, 8j + 8), zero padded."""
-    present = _low_bytes(min(length - 8 * chunk, 8))
-    return (_load_u64(folded, first + 8 * chunk) & present) * POWERS[(chunk + 1) & 255]
-
-
-@njit(inline="always", cache=True)
-def _add_byte(h: np.uint64, folded: np.uint64, length: np.uint64) -> np.uint64:
-    """The token hash with one more byte at `length`: byte-at-a-time form of the chunk polynomial."""
-    shifted = folded << (np.uint64(8) * (length & np.uint64(7)))
-    return h + shifted * POWERS[((length >> np.uint64(3)) + np.uint64(1)) & np.uint64(255)]
-
-
-@njit(inline="always", cache=True)
-def _tokenize_chars(data, start, end, flags, out) -> np.int64:
-    count = 0
-    h = np.uint64(0)
-    length = np.uint64(0)
-    pending_space = False
-    for i in range(start, end):
-        byte = data[i]
-        folded = fold_byte(byte, flags)
-        if folded == 0:
-            if length > 0:
-                out[count] = h
-                count += 1
-                h = np.uint64(0)
-                length = np.uint64(0)
-            pending_space = count > 0
-            continue
-        continuation = (byte & np.uint8(0xC0)) == np.uint8(0x80)
-        if length > 0 and not continuation:
-            out[count] = h
-            count += 1
-            h = np.uint64(0)
-            length = np.uint64(0)
-        if pending_space:
-            out[count] = _add_byte(np.uint64(0), np.uint64(SPACE), np.uint64(0))
-            count += 1
-            pending_space = False
-        h = _add_byte(h, np.uint64(folded), length)
-        length += np.uint64(1)
-    if length > 0:
-        out[count] = h
-        count += 1
-    return count
 
 
 @njit(inline="always", cache=True)

@@ -17,8 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from synthkiln.kernels.minhash import POWERS
-from synthkiln.kernels.text import TextBuffers
+from synthkiln.kernels.text import POWERS, TextBuffers
 
 BYTES = 256  # bytes a program tokenizes at once (one per lane)
 SHINGLES = 32  # shingles a program permutes at once: a (SHINGLES, num_perm) tile

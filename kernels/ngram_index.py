@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 from numba import njit, prange
 
-from synthkiln.kernels.minhash import GOLDEN64, ROLL, Backend, pick_backend, rotl, tokenize, workspace
-from synthkiln.kernels.text import Normalization, TextBuffers, as_text_buffers
+from synthkiln.kernels.minhash import ROLL, Backend, pick_backend, rotl
+from synthkiln.kernels.text import GOLDEN64, Normalization, TextBuffers, as_text_buffers, tokenize, workspace
 
 _BITMAP_BITS = 1 << 24  # 2 MiB: fits this machine's 4 MiB L2 beside the text being read
 

@@ -12,9 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from synthkiln.kernels.minhash import POWERS
 from synthkiln.kernels.minhash_triton import BYTES, rotl, tokenize
-from synthkiln.kernels.text import TextBuffers
+from synthkiln.kernels.text import POWERS, TextBuffers
 
 
 @triton.jit
