@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -93,14 +95,23 @@ def test_round_trip_manifest_and_card(tmp_path: Path) -> None:
     assert "no benchmark" in card  # not decontaminated, and it says so
 
 
-def test_reopen_resumes_and_drops_uncommitted_files(tmp_path: Path) -> None:
-    out = tmp_path / "ds"
+def crash_after_one_commit(out: Path) -> None:
+    """A run that dies holding the directory's lock, as `kill -9` leaves it."""
     writer = DatasetWriter(out, recipe(shard_rows=100), RUN_INFO)
     writer.add(rows("a", 2), rejected("r", 1))
     writer.commit()
-    writer.add(rows("b", 2), rejected("s", 1))  # pending, never committed: lost with the "crash"
+    writer.add(rows("b", 2), rejected("s", 1))  # pending, never committed: lost with the crash
     (out / "data" / ".part-00009.parquet.tmp").write_bytes(b"half a file")
     (out / "data" / "part-00009.parquet").write_bytes(b"renamed but not in the manifest")
+    os._exit(0)
+
+
+def test_reopen_resumes_and_drops_uncommitted_files(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    crashing = multiprocessing.get_context("spawn").Process(target=crash_after_one_commit, args=(out,))
+    crashing.start()
+    crashing.join()
+    assert crashing.exitcode == 0
 
     reopened = DatasetWriter(out, recipe(shard_rows=100), RUN_INFO)
     assert reopened.completed_prompts == {"a0", "a1", "r0"}
@@ -123,6 +134,6 @@ def test_other_recipe_or_foreign_directory_is_refused(tmp_path: Path) -> None:
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "holiday.jpg").write_bytes(b"x")
-    with pytest.raises(OutputError, match="not a synthkiln dataset directory"):
+    with pytest.raises(OutputError, match=r"holds no synthkiln manifest \(found: holiday.jpg\)"):
         DatasetWriter(foreign, recipe(), RUN_INFO)
     assert (foreign / "holiday.jpg").exists()
