@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -220,22 +219,40 @@ def format_funnel(manifest: dict[str, Any]) -> str:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    import pyarrow as pa
     import pyarrow.dataset as ds
 
-    from synthkiln.engine.output.directory import MANIFEST
+    from synthkiln.engine.output.directory import MANIFEST, listed_shards, read_manifest
+    from synthkiln.engine.output.writer import FORMAT
 
     directory = Path(args.dir)
-    manifest_path = directory / MANIFEST
-    if not manifest_path.is_file():
-        raise SynthkilnError(f"{directory}: no {MANIFEST}; not a synthkiln dataset directory")
-    manifest = json.loads(manifest_path.read_text())
-    print(f"{manifest['name']}  recipe {manifest['recipe_hash']}  {run_state(manifest)}")
-    print(format_funnel(manifest))
-    shards = [directory / s["path"] for s in manifest["shards"]["data"]]
+    manifest = read_manifest(directory)  # names the file when it is missing, truncated or not ours
+    if manifest["format"] != FORMAT:
+        raise SynthkilnError(
+            f"{directory / MANIFEST}: a {manifest['format']} directory; inspect reads `synthkiln run` datasets"
+        )
+    try:
+        title = f"{manifest['name']}  recipe {manifest['recipe_hash']}  {run_state(manifest)}"
+        funnel = format_funnel(manifest)
+        shards = [directory / s["path"] for s in manifest["shards"]["data"]]
+        missing = sorted(path for path in listed_shards(manifest) if not (directory / path).is_file())
+    except (KeyError, TypeError) as exc:
+        raise SynthkilnError(f"{directory / MANIFEST}: malformed manifest (no or bad entry {exc})") from None
+    if missing:
+        raise SynthkilnError(
+            f"{directory / missing[0]}: listed in {MANIFEST} but missing"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + "; its rows are lost: restore the file, or start over with `synthkiln run --fresh`"
+        )
+    print(title)
+    print(funnel)
     if not shards:
         print("no accepted rows yet")
         return 0
-    table = ds.dataset(shards, format="parquet").head(args.rows)
+    try:
+        table = ds.dataset(shards, format="parquet").head(args.rows)
+    except (pa.ArrowException, OSError) as exc:  # a truncated or foreign shard: Arrow names the file
+        raise SynthkilnError(f"{directory}: cannot read its accepted rows: {exc}") from None
     print("\nschema:")
     print(table.schema.to_string(show_field_metadata=False, show_schema_metadata=False))
     print()
