@@ -169,8 +169,6 @@ def _seeds(seeds: dict[str, Any]) -> str:
 
 def _cut_at_max_tokens(funnel: dict[str, Any], recipe: dict[str, Any]) -> str:
     max_tokens = recipe.get("sampling", {}).get("max_tokens")
-    if "cut_at_max_tokens" not in funnel:  # a manifest written before the count was kept
-        return f"Samples cut at max_tokens ({max_tokens}): not recorded."
     cut, samples = funnel["cut_at_max_tokens"], funnel["samples"]
     share = f"{cut / samples:.1%}" if samples else "0%"
     return (

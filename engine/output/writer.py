@@ -32,7 +32,9 @@ from synthkiln.engine.output.card import render_card
 from synthkiln.engine.output.directory import OutputDirectory, listed_shards
 from synthkiln.engine.schema import ROW_SCHEMA, conform, rejected_schema
 
-FORMAT = "synthkiln-dataset/1"
+FORMAT = (
+    "synthkiln-dataset/2"  # /2: seed_fields is a list of {key, value} (no map<>, which datasets cannot load)
+)
 SEEDS_STAGE = "seeds"  # quarantined seed rows: no sample was generated for them
 
 
@@ -146,6 +148,8 @@ class DatasetWriter:
                 funnel["seeds_quarantined"] += table.num_rows - generated.num_rows
             prompt_ids.update(generated.column("prompt_id").to_pylist())
             samples += generated.num_rows
+            cut = pc.sum(pc.equal(generated.column("finish_reason"), "length")).as_py()
+            funnel["cut_at_max_tokens"] += int(cut or 0)
             manifest["tokens"]["prompt"] += int(pc.sum(generated.column("prompt_tokens")).as_py() or 0)
             manifest["tokens"]["completion"] += int(
                 pc.sum(generated.column("completion_tokens")).as_py() or 0
@@ -200,7 +204,14 @@ class DatasetWriter:
             "runs": 1,
             "commits": 0,
             "complete": False,
-            "funnel": {"prompts": 0, "seeds_quarantined": 0, "samples": 0, "accepted": 0, "rejected": {}},
+            "funnel": {
+                "prompts": 0,
+                "seeds_quarantined": 0,
+                "samples": 0,
+                "cut_at_max_tokens": 0,
+                "accepted": 0,
+                "rejected": {},
+            },
             "tokens": {"prompt": 0, "completion": 0},
             "timing": {
                 "wall_seconds": 0.0,

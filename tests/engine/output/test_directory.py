@@ -13,7 +13,7 @@ import pytest
 
 from synthkiln.engine.errors import OutputError
 from synthkiln.engine.output.directory import LOCK, OutputDirectory
-from synthkiln.engine.output.writer import DatasetWriter
+from synthkiln.engine.output.writer import FORMAT, DatasetWriter
 from tests.conftest import synthkiln_command
 from tests.engine.output.test_writer import RUN_INFO, recipe, rows
 
@@ -89,7 +89,7 @@ def test_an_interrupted_first_run_is_recognised_as_ours(tmp_path: Path) -> None:
     (out / LOCK).write_text("12345\n")
     pq.write_table(pa.table({"x": [1]}), out / "data" / "part-00000.parquet")
     (out / "data" / ".part-00001.parquet.tmp").write_bytes(b"half")
-    with OutputDirectory(out, "synthkiln-dataset/1") as directory:
+    with OutputDirectory(out, FORMAT) as directory:
         assert directory.previous is None
         assert list((out / "data").iterdir()) == []
     assert list(out.iterdir()) == []  # nothing committed: the run's folders and lock went with it
@@ -97,7 +97,7 @@ def test_an_interrupted_first_run_is_recognised_as_ours(tmp_path: Path) -> None:
     (out / "data").mkdir()
     pq.write_table(pa.table({"x": [1]}), out / "data" / "part-00000.parquet")
     with pytest.raises(OutputError, match=r"found: data/part-00000\.parquet"):
-        OutputDirectory(out, "synthkiln-dataset/1")
+        OutputDirectory(out, FORMAT)
 
 
 def test_a_corpus_command_refuses_a_dataset_directory_and_a_foreign_one(tmp_path: Path) -> None:
@@ -109,7 +109,7 @@ def test_a_corpus_command_refuses_a_dataset_directory_and_a_foreign_one(tmp_path
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": "one two three four five six"}])
     refused = cli("dedup", str(corpus), "--out", str(dataset), "--quiet")
     assert refused.returncode == 2
-    assert "holds synthkiln output of another kind (synthkiln-dataset/1" in refused.stderr
+    assert f"holds synthkiln output of another kind ({FORMAT}" in refused.stderr
     assert snapshot(dataset) == before
 
     hf = tmp_path / "hf"
