@@ -159,12 +159,12 @@ class Pipeline:
         """
         self._check_seeds()  # before the directory is touched: a recipe error leaves nothing to clean
         out_dir = Path(out_dir) if out_dir is not None else self.recipe.output_dir
-        run_info = {**self._run_info(), "allow_changed_inputs": allow_changed_inputs}
-        writer = DatasetWriter(out_dir, self.recipe, run_info, self.schema, fresh=fresh)
+        writer = DatasetWriter(
+            out_dir, self.recipe, self._run_info(), self.schema, fresh, allow_changed_inputs
+        )
         bar = tqdm(total=self._prompt_estimate(), unit="prompt", disable=not progress, dynamic_ncols=True)
-        complete = False
+        complete, stopped = False, None
         try:  # whatever happens, the writer commits what it holds and releases the directory
-            writer.manifest["stopped"] = None  # set again below when this run stops at its limit
             for stage in self.stages:
                 if stage.restore_columns:
                     stage.restore(writer.committed_rows(list(stage.restore_columns)))
@@ -184,13 +184,13 @@ class Pipeline:
             if at_limit:
                 left = self._seeds_left(done)
                 if left:
-                    writer.manifest["stopped"] = {"limit": limit, "seeds_left": left}
+                    stopped = {"limit": limit, "seeds_left": left}
                 complete = not left
             else:
                 complete = True
         finally:
             bar.close()
-            manifest = writer.close(complete=complete)
+            manifest = writer.close(complete, stopped)
         return manifest
 
     def generate_verified_batch(self, prompts: list[str], samples_per_prompt: int = 4) -> pa.Table:

@@ -46,6 +46,7 @@ class DatasetWriter:
         run_info: dict[str, Any],
         schema: pa.Schema = ROW_SCHEMA,
         fresh: bool = False,
+        allow_changed_inputs: bool = False,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.schema = schema
@@ -54,7 +55,7 @@ class DatasetWriter:
         self._commit_seconds = recipe.output.commit_seconds
         self.directory = OutputDirectory(self.out_dir, FORMAT, fresh)
         try:
-            self.manifest = self._open(run_info)
+            self.manifest = self._open(run_info, allow_changed_inputs)
         except BaseException:
             self.directory.close()
             raise
@@ -119,9 +120,10 @@ class DatasetWriter:
         self._pending_generation_s = self._pending_device_s = 0.0
         self._last_commit = time.monotonic()
 
-    def close(self, complete: bool) -> dict[str, Any]:
+    def close(self, complete: bool, stopped: dict[str, int] | None = None) -> dict[str, Any]:
         """Commit what is pending and release the directory; `complete` records whether every seed was
-        processed."""
+        processed, `stopped` the limit this run stopped at and the seed rows it left."""
+        self.manifest["stopped"] = stopped
         try:
             self.commit(complete=complete)
         finally:
@@ -178,7 +180,7 @@ class DatasetWriter:
             manifest["complete"] = complete
         manifest["commits"] += 1
 
-    def _open(self, run_info: dict[str, Any]) -> dict[str, Any]:
+    def _open(self, run_info: dict[str, Any], allow_changed_inputs: bool) -> dict[str, Any]:
         recipe_hash = self.recipe.content_hash()
         manifest = self.directory.previous
         if manifest is not None:
@@ -187,7 +189,7 @@ class DatasetWriter:
                     f"{self.out_dir} holds a run of another recipe (hash {manifest.get('recipe_hash')}, this one "
                     f"{recipe_hash}); use --fresh to overwrite it or --out for a new directory"
                 )
-            check_resume(self.recipe, manifest, self.out_dir, bool(run_info.get("allow_changed_inputs")))
+            check_resume(self.recipe, manifest, self.out_dir, allow_changed_inputs)
             self._check_committed(manifest)
             manifest["runs"] += 1
             manifest.update(run_info)

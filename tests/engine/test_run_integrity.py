@@ -88,7 +88,7 @@ def test_changed_inputs_are_refused_on_resume_unless_allowed(tmp_path: Path) -> 
     assert str(template) not in message and "--allow-changed-inputs" in message
     assert json.loads((out / "manifest.json").read_text())["runs"] == 2  # the refusal wrote nothing
 
-    allowed = DatasetWriter(out, recipe, {**RUN_INFO, "allow_changed_inputs": True}).close(complete=False)
+    allowed = DatasetWriter(out, recipe, RUN_INFO, allow_changed_inputs=True).close(complete=False)
     changes = {c["path"]: c for c in allowed["input_changes"]}
     assert sorted(changes) == sorted([str(seeds), str(benchmark)])
     assert changes[str(seeds)]["before"]["sha256"] == before
