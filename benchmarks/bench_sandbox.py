@@ -44,7 +44,9 @@ def main() -> None:
         for p in problems
     ]
     with VerifierPool(workers) as pool:
-        one_job = median_seconds(lambda: pool.check_batch(PythonTests(), [{"code": "x = 1", "tests": "assert x == 1"}]))
+        one_job = median_seconds(
+            lambda: pool.check_batch(PythonTests(), [{"code": "x = 1", "tests": "assert x == 1"}])
+        )
         trivial = [{"code": "x = 1", "tests": "assert x == 1"}] * 400  # one assertion: no-tests otherwise
         started = time.perf_counter()
         assert all(v.passed for v in pool.check_batch(PythonTests(), trivial))

@@ -288,7 +288,9 @@ def _dedup(args: argparse.Namespace) -> int:
 
     if not 0 < args.threshold < 1:
         raise SynthkilnError(f"--threshold must be between 0 and 1, got {args.threshold}")
-    command = Dedup(args.text_field, args.threshold, args.num_perm, args.ngram, args.keep, args.backend, args.exact)
+    command = Dedup(
+        args.text_field, args.threshold, args.num_perm, args.ngram, args.keep, args.backend, args.exact
+    )
     manifest = run_corpus_command(command, [Path(p) for p in args.inputs], Path(args.out), not args.quiet)
     print(f"rows {manifest['rows']}  kept {manifest['kept']}  removed {manifest['removed']}  "
           f"quarantined {manifest['quarantined']}  clusters {manifest['clusters_with_duplicates']}")  # fmt: skip

@@ -43,7 +43,9 @@ def build_verifier(
             options.update(generate=generate, release=teacher.close)
         else:
             try:
-                options["judge"] = Judge(generate, threshold=options.pop("threshold", 7), release=teacher.close)
+                options["judge"] = Judge(
+                    generate, threshold=options.pop("threshold", 7), release=teacher.close
+                )
             except VerifierError as exc:
                 raise SynthkilnError(f"verifier {name}: {exc}") from None
     if name == "json-schema" and "schema_file" in options:

@@ -147,9 +147,13 @@ def test_a_wrong_field_writes_nothing_and_the_corrected_rerun_works(tmp_path: Pa
 
 
 def test_a_misspelt_verifier_field_is_refused_before_anything_runs(tmp_path: Path) -> None:
-    corpus = write_jsonl(tmp_path / "c.jsonl", [{"code": "def f():\n    return 1\n", "tests": "assert f() == 1"}])
+    corpus = write_jsonl(
+        tmp_path / "c.jsonl", [{"code": "def f():\n    return 1\n", "tests": "assert f() == 1"}]
+    )
     out = tmp_path / "out"
-    result = cli("verify", str(corpus), "--out", str(out), "--verifier", "python-tests", "--code-field", "cdoe")
+    result = cli(
+        "verify", str(corpus), "--out", str(out), "--verifier", "python-tests", "--code-field", "cdoe"
+    )
     assert result.returncode == 2, result.stderr
     assert "c.jsonl: no field 'cdoe' (from --code-field of python-tests)" in result.stderr
     assert "Traceback" not in result.stderr
@@ -171,13 +175,20 @@ def test_a_text_field_holding_numbers_is_named_with_its_row(tmp_path: Path) -> N
 
 
 def test_decontaminate_rejected_rows_say_why_in_detail(tmp_path: Path) -> None:
-    benchmark = write_jsonl(tmp_path / "bench.jsonl", [{"question": "what is the capital city of the country france"}])
+    benchmark = write_jsonl(
+        tmp_path / "bench.jsonl", [{"question": "what is the capital city of the country france"}]
+    )
     corpus = write_jsonl(
         tmp_path / "c.jsonl",
-        [{"text": "Q: what is the capital city of the country france? A: Paris"}, {"text": "unrelated words"}],
+        [
+            {"text": "Q: what is the capital city of the country france? A: Paris"},
+            {"text": "unrelated words"},
+        ],
     )
     out = tmp_path / "out"
-    result = cli("decontaminate", str(corpus), "--out", str(out), "--benchmark", f"mine={benchmark}", "--quiet")
+    result = cli(
+        "decontaminate", str(corpus), "--out", str(out), "--benchmark", f"mine={benchmark}", "--quiet"
+    )
     assert result.returncode == 0, result.stderr
     rejected = pq.read_table(out / "rejected").to_pylist()
     assert len(rejected) == 1

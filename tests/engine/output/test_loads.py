@@ -137,7 +137,10 @@ def test_card_states_licence_sampling_seeds_and_cut_samples(run_dir: Path) -> No
 def test_card_share_cut_at_max_tokens(run_dir: Path) -> None:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     rejected = pq.read_table(run_dir / "rejected").to_pylist()
-    generated = [*pq.read_table(run_dir / "data").to_pylist(), *(r for r in rejected if r["stage"] != "seeds")]
+    generated = [
+        *pq.read_table(run_dir / "data").to_pylist(),
+        *(r for r in rejected if r["stage"] != "seeds"),
+    ]
     finish = [row["finish_reason"] for row in generated]
     cut = finish.count("length")
     assert len(finish) == manifest["funnel"]["samples"] and cut >= 1  # 24 tokens cut SmolLM2 short

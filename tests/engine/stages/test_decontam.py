@@ -334,7 +334,9 @@ def test_corpus_function_reports_counts(tmp_path: Path, gsm8k_dir: Path) -> None
     question = json.loads((gsm8k_dir / "test.jsonl").read_text().splitlines()[0])["question"]
     write_jsonl(tmp_path / "c.jsonl", [{"text": question}, {"text": "nothing to see here at all"}])
     config = DecontaminateConfig(benchmarks=[gsm8k_test(gsm8k_dir)])
-    manifest = run_corpus_command(DecontaminateCorpus(config), [tmp_path / "c.jsonl"], tmp_path / "out", progress=False)
+    manifest = run_corpus_command(
+        DecontaminateCorpus(config), [tmp_path / "c.jsonl"], tmp_path / "out", progress=False
+    )
     assert (manifest["rows"], manifest["kept"], manifest["removed"]) == (2, 1, 1)
     assert manifest["decontaminated_against"][0]["items_hit"] == 1
     assert manifest["decontaminated_against"][0]["rows_removed"] == 1
