@@ -192,9 +192,9 @@ class CorpusCommand(ABC):
     def split(self, batch: pa.RecordBatch, source: Source) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         """Kept rows, and rejected rows carrying `reason` and `detail` columns."""
 
-    def extra_files(self, directory: OutputDirectory, kept_rows: list[int]) -> list[str]:
-        """Files beside the shards (relative paths), written before the manifest; `kept_rows[i]` is the
-        number of rows kept from input i."""
+    def extra_files(self, directory: OutputDirectory, run: int) -> list[str]:
+        """Files beside the shards, written before the manifest and named per `run` (``NAME-rRUN.EXT``)
+        so that a crash before the commit leaves the previous run's intact."""
         return []
 
     @abstractmethod
@@ -214,7 +214,6 @@ def run_corpus_command(
     with OutputDirectory(out_dir, command.output_format, fresh) as directory:
         run = int((directory.previous or {}).get("runs", 0)) + 1
         shards: dict[str, list[dict[str, Any]]] = {"data": [], "rejected": []}
-        kept_rows = []
         name = command.output_format.split("-", 1)[1].split("/")[0]
         with tqdm(desc=name, unit="row", disable=not progress) as bar:
             for number, source in enumerate(sources):
@@ -234,7 +233,6 @@ def run_corpus_command(
                     command.rows += len(batch)
                     command.kept += len(keep)
                     bar.update(len(batch))
-                kept_rows.append(sum(len(b) for b in kept))
                 for folder, batches in (("data", kept), ("rejected", rejected)):
                     if sum(len(b) for b in batches):
                         # batches built from Python rows may type an all-null column differently
@@ -244,7 +242,7 @@ def run_corpus_command(
                         shards[folder].append(
                             directory.write_shard(table, f"{folder}/part-r{run}-{number:05d}.parquet")
                         )
-        files = command.extra_files(directory, kept_rows)
+        files = command.extra_files(directory, run)
         manifest = {
             "inputs": [str(s.path) for s in sources],
             "runs": run,

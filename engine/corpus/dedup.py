@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from synthkiln.engine.corpus import CorpusCommand, Source
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.output.directory import OutputDirectory
-from synthkiln.engine.stages.dedup import INDEX, save_index
+from synthkiln.engine.stages.dedup import save_index
 from synthkiln.kernels.lsh import cluster_duplicates
 from synthkiln.kernels.minhash import minhash_signatures, shingle_hashes
 from synthkiln.kernels.similarity import shingle_sets
@@ -117,18 +117,19 @@ class Dedup(CorpusCommand):
         owner = int(np.searchsorted(self.starts, row, side="right")) - 1
         return f"{self.sources[owner].path.name}:{row - self.starts[owner]}"
 
-    def extra_files(self, directory: OutputDirectory, kept_rows: list[int]) -> list[str]:
+    def extra_files(self, directory: OutputDirectory, run: int) -> list[str]:
         kept = np.flatnonzero(self.clusters.keep & ~self.quarantined)
         owners = np.searchsorted(self.starts, kept, side="right") - 1
+        self.index_name = f"index-r{run}.npz"
         save_index(
-            directory.path / INDEX,
+            directory.path / self.index_name,
             self.signatures[kept],
             [s.path.name for s in self.sources],
             np.stack([owners, kept - self.starts[owners]], axis=1),
             self.num_perm,
             self.ngram,
         )
-        return [INDEX]
+        return [self.index_name]
 
     def summary(self) -> dict[str, Any]:
         removed = ~self.clusters.keep & ~self.quarantined
@@ -138,7 +139,7 @@ class Dedup(CorpusCommand):
             "removed": int(removed.sum()),
             "quarantined": int(self.quarantined.sum()),
             "clusters_with_duplicates": len(np.unique(self.clusters.cluster[removed])),
-            "index": INDEX,
+            "index": self.index_name,
             "seconds_by_pass": {k: round(v, 3) for k, v in self.seconds.items()},
         }  # fmt: skip
 

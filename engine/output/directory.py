@@ -6,6 +6,12 @@ lock file, `data/` and `rejected/` holding only shard files). Anything else that
 refused, with what was found named; nothing in it is touched. While open, an exclusive lock
 (`flock` on ``.synthkiln.lock``, which records the holder's pid) keeps a second writer out.
 
+What is "ours" is decided by exact names, never by a manifest's word alone: shards are
+``part-NNNNN.parquet`` (`run`) or ``part-rR-NNNNN.parquet`` (corpus commands, R the run), extra files
+``NAME-rR.EXT`` (dedup's ``index-r1.npz``), temporaries ``.NAME.tmp`` of those, the manifest and the card.
+A manifest listing any other path (``../x``, ``/etc/...``) is refused, and symlinked folders, lock or
+manifest are refused rather than followed.
+
 Shards go to `data/` and `rejected/` under temporary names, are renamed into place, and become part
 of the dataset when the manifest that lists them replaces the previous one (the commit point). On
 opening, shard files that no manifest lists (left by a crash) are removed; `--fresh` removes only the
@@ -33,9 +39,13 @@ CARD = "README.md"
 LOCK = ".synthkiln.lock"
 FORMAT_PREFIX = "synthkiln-"
 FOLDERS = ("data", "rejected")
-# What our writers name shards and their temporaries; nothing else in a shard folder is ever removed.
-_SHARD = re.compile(r"^\.?part-[0-9a-z-]+\.parquet(\.tmp)?$")
-_TEMPORARY = re.compile(r"^\..+\.tmp$")
+# Exactly what our writers name files; nothing else is ever removed.
+_SHARD_NAME = r"part-(?:\d{5}|r\d+-\d{5})\.parquet"
+_SHARD = re.compile(rf"^{_SHARD_NAME}$")
+_SHARD_TEMPORARY = re.compile(rf"^\.{_SHARD_NAME}\.tmp$")
+_LISTED_SHARD = re.compile(rf"^(?:data|rejected)/{_SHARD_NAME}$")
+_EXTRA_FILE = re.compile(r"^[a-z][a-z0-9_]*-r\d+\.[a-z0-9]+$")  # a command's per-run file: index-r2.npz
+_TOP_TEMPORARY = re.compile(r"^\.(?:manifest\.json|README\.md|[a-z][a-z0-9_]*-r\d+\.[a-z0-9]+)\.tmp$")
 
 
 class OutputDirectory:
@@ -57,7 +67,7 @@ class OutputDirectory:
             if fresh and self.previous is not None:
                 self._remove_listed(self.previous)
                 self.previous = None
-            self.remove_unlisted(listed_shards(self.previous))
+            self.remove_unlisted(self.previous)
         except BaseException:
             self.close()
             raise
@@ -73,31 +83,37 @@ class OutputDirectory:
     def write_shard(self, table: pa.Table, relative: str) -> dict[str, Any]:
         """Write `relative` (e.g. `data/part-00000.parquet`) atomically; the entry a manifest lists."""
         path = self.path / relative
-        path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(exist_ok=True)  # a non-directory in its place was refused on opening
         write_parquet_atomic(table, path)
         return {"path": relative, "rows": table.num_rows}
 
     def commit(self, manifest: dict[str, Any], card: str | None = None) -> None:
-        """Publish `manifest` (the commit point), then the card; shards the previous manifest listed
-        and this one does not are removed after (a replaced corpus output leaves no stale part)."""
+        """Publish `manifest` (the commit point), then the card; shards and files the previous
+        manifest listed and this one does not are removed after (a replaced corpus output leaves no
+        stale part)."""
         manifest = {"format": self.output_format, **manifest}
+        _check_listing(self.path / MANIFEST, manifest)
         write_text_atomic(self.path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         if card is not None:
             write_text_atomic(self.path / CARD, card)
-        self.remove_unlisted(listed_shards(manifest))
+        self.remove_unlisted(manifest)
         self.previous = manifest
 
-    def remove_unlisted(self, listed: set[str]) -> None:
-        """Remove our shard files and temporaries that `listed` does not hold (a crash's leftovers)."""
+    def remove_unlisted(self, manifest: dict[str, Any] | None) -> None:
+        """Remove files of ours (by exact name) that `manifest` does not list: a crash's leftovers,
+        a replaced run's shards."""
+        listed = listed_shards(manifest) | set((manifest or {}).get("files", []))
         for folder in FOLDERS:
             directory = self.path / folder
-            if not directory.is_dir():
+            if not directory.is_dir() or directory.is_symlink():
                 continue
             for path in directory.iterdir():
-                if _SHARD.match(path.name) and f"{folder}/{path.name}" not in listed:
+                shard = _SHARD.match(path.name) and f"{folder}/{path.name}" not in listed
+                if (shard or _SHARD_TEMPORARY.match(path.name)) and _is_plain_file(path):
                     path.unlink()
         for path in self.path.iterdir():
-            if _TEMPORARY.match(path.name) and path.is_file():
+            extra = _EXTRA_FILE.match(path.name) and path.name not in listed
+            if (extra or _TOP_TEMPORARY.match(path.name)) and _is_plain_file(path):
                 path.unlink()
 
     def close(self) -> None:
@@ -106,7 +122,7 @@ class OutputDirectory:
         if self._lock_fd is None:
             return
         if self.previous is None:
-            self.remove_unlisted(set())
+            self.remove_unlisted(None)
             for folder in FOLDERS:
                 with contextlib.suppress(OSError):  # not empty: holds files that are not ours
                     (self.path / folder).rmdir()
@@ -120,7 +136,12 @@ class OutputDirectory:
     def _lock(self) -> None:
         path = self.path / LOCK
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # never through a symlink: the lock file is truncated and written
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as exc:
+                raise OutputError(
+                    f"{path}: cannot be used as synthkiln's lock file ({exc.strerror})"
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -146,12 +167,28 @@ class OutputDirectory:
     def _remove_listed(self, manifest: dict[str, Any]) -> None:
         """`--fresh`: the files our manifest lists, the card and the manifest itself; nothing else."""
         for relative in sorted(listed_shards(manifest)) + list(manifest.get("files", [])):
-            (self.path / relative).unlink(missing_ok=True)
+            if _is_plain_file(self.path / relative):  # names checked when the manifest was read
+                (self.path / relative).unlink()
         (self.path / CARD).unlink(missing_ok=True)
         (self.path / MANIFEST).unlink()
         for folder in FOLDERS:
             with contextlib.suppress(OSError):  # still holding files we did not write: it stays
                 (self.path / folder).rmdir()
+
+
+def _is_plain_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
+
+
+def _check_listing(path: Path, manifest: dict[str, Any]) -> None:
+    """Every path a manifest lists is one of our exact names inside the directory: a manifest that
+    says otherwise (edited, or from elsewhere) cannot make us delete `../x`."""
+    for relative in listed_shards(manifest):
+        if not _LISTED_SHARD.match(relative):
+            raise OutputError(f"{path}: lists shard {relative!r}, not a name synthkiln writes; refusing it")
+    for name in manifest.get("files", []):
+        if not (isinstance(name, str) and _EXTRA_FILE.match(name)):
+            raise OutputError(f"{path}: lists file {name!r}, not a name synthkiln writes; refusing it")
 
 
 def listed_shards(manifest: dict[str, Any] | None) -> set[str]:
@@ -175,6 +212,12 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(manifest, dict) or not str(manifest.get("format", "")).startswith(FORMAT_PREFIX):
         raise OutputError(f"{path} is not a synthkiln manifest (no 'format: {FORMAT_PREFIX}...' marker)")
+    try:
+        _check_listing(path, manifest)
+    except (AttributeError, KeyError, TypeError):
+        raise OutputError(
+            f"{path}: its shard listing is malformed; synthkiln touches nothing it lists"
+        ) from None
     return manifest
 
 
@@ -185,6 +228,11 @@ def _our_manifest(directory: Path, output_format: str) -> dict[str, Any] | None:
         return None
     if not directory.is_dir():
         raise OutputError(f"{directory} exists and is not a directory; choose another --out")
+    for name in (*FOLDERS, MANIFEST, LOCK):
+        entry = directory / name
+        if entry.is_symlink() or (name in FOLDERS and entry.exists() and not entry.is_dir()):
+            what = "a symlink" if entry.is_symlink() else "not a directory"
+            raise OutputError(f"{entry} is {what}; synthkiln writes only real files and folders of its own")
     if (directory / MANIFEST).exists():
         manifest = read_manifest(directory)
         if manifest["format"] != output_format:
@@ -209,10 +257,15 @@ def _foreign_entries(directory: Path) -> list[str]:
     started_by_us = (directory / LOCK).is_file()
     foreign = []
     for entry in sorted(directory.iterdir()):
-        if entry.name == LOCK or (started_by_us and _TEMPORARY.match(entry.name)):
+        if entry.name == LOCK or (
+            started_by_us and (_TOP_TEMPORARY.match(entry.name) or _EXTRA_FILE.match(entry.name))
+        ):
             continue
         if entry.name in FOLDERS and entry.is_dir():
-            inside = [p for p in entry.iterdir() if not (started_by_us and _SHARD.match(p.name))]
+            ours = (_SHARD, _SHARD_TEMPORARY)
+            inside = [
+                p for p in entry.iterdir() if not (started_by_us and any(r.match(p.name) for r in ours))
+            ]
             foreign.extend(f"{entry.name}/{p.name}" for p in sorted(inside))
             continue
         foreign.append(entry.name + ("/" if entry.is_dir() else ""))
@@ -245,6 +298,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield temporary
         _fsync(temporary)
         os.replace(temporary, path)
+        _fsync_directory(path.parent)  # the rename itself survives a power cut
     except OSError as exc:
         with contextlib.suppress(OSError):
             temporary.unlink()
@@ -258,3 +312,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def _fsync(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

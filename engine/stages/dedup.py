@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from synthkiln.engine.corpus import iter_sources
 from synthkiln.engine.errors import SynthkilnError
-from synthkiln.engine.output.directory import atomic_path
+from synthkiln.engine.output.directory import MANIFEST, atomic_path, read_manifest
 from synthkiln.engine.stages.base import Stage
 from synthkiln.kernels.lsh import StreamingIndex
 from synthkiln.kernels.minhash import SCHEME, minhash_signatures
@@ -95,8 +95,9 @@ class NearDuplicates(Stage):
         self._ids = ids
 
     def _add_corpus(self, path: Path) -> None:
-        if (path / INDEX).is_file():
-            signatures, names = load_index(path / INDEX, self.num_perm, self.ngram)
+        index = _corpus_index(path)
+        if index is not None:
+            signatures, names = load_index(index, self.num_perm, self.ngram)
             self._index = StreamingIndex.of(
                 np.concatenate([self._index.signatures, signatures]), self.threshold
             )
@@ -110,7 +111,12 @@ class NearDuplicates(Stage):
                 self._ids.extend(name for name, target in zip(names, duplicate_of, strict=True) if target < 0)
 
 
-INDEX = "index.npz"
+def _corpus_index(path: Path) -> Path | None:
+    """The signature index of a `synthkiln dedup` output directory (named in its manifest), if any."""
+    if not (path / MANIFEST).is_file():
+        return None
+    name = read_manifest(path).get("index")
+    return path / name if name and (path / name).is_file() else None
 
 
 def save_index(

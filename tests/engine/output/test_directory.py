@@ -14,7 +14,7 @@ import pytest
 from synthkiln.engine.errors import OutputError
 from synthkiln.engine.output.directory import LOCK, OutputDirectory
 from synthkiln.engine.output.writer import FORMAT, DatasetWriter
-from tests.conftest import synthkiln_command
+from tests.conftest import synthkiln_command, write_recipe
 from tests.engine.output.test_writer import RUN_INFO, recipe, rows
 
 
@@ -194,3 +194,93 @@ def test_decontaminate_rejected_rows_say_why_in_detail(tmp_path: Path) -> None:
     assert len(rejected) == 1
     assert rejected[0]["reason"] == "contaminated:mine"
     assert "match of mine item 0 (question)" in rejected[0]["detail"]
+
+
+def test_a_hugging_face_folder_survives_synthkiln_run_and_fresh(tmp_path: Path) -> None:
+    seeds = write_jsonl(tmp_path / "seeds.jsonl", [{"instruction": "Say hello."}])
+    recipe_file = write_recipe(
+        tmp_path,
+        f'name = "guard"\n[seeds]\npath = "{seeds}"\n[task]\nkind = "instruction"\n[sampling]\nmax_tokens = 4\n',
+    )
+    hf = tmp_path / "hf"
+    before = hf_folder(hf)
+    for extra in ([], ["--fresh"]):
+        result = cli("run", str(recipe_file), "--out", str(hf), "--quiet", *extra)
+        assert result.returncode == 2, result.stderr
+        assert "holds no synthkiln manifest (found: README.md, data/train-" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert snapshot(hf) == before
+
+
+def test_a_manifest_cannot_point_our_deletions_outside_our_names(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    writer = DatasetWriter(out, recipe(), RUN_INFO)
+    writer.add(rows("a", 1), rows("x", 0))
+    writer.close(complete=True)
+    victim = tmp_path / "victim.parquet"
+    victim.write_bytes(b"the user's")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["shards"]["data"].append({"path": "../victim.parquet", "rows": 1})
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(OutputError, match=r"lists shard '\.\./victim\.parquet', not a name synthkiln writes"):
+        DatasetWriter(out, recipe(), RUN_INFO, fresh=True)
+    assert victim.read_bytes() == b"the user's"
+    manifest["shards"]["data"].pop()
+    manifest["files"] = ["/etc/hostname"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(OutputError, match="lists file '/etc/hostname'"):
+        OutputDirectory(out, FORMAT, fresh=True)
+
+
+def test_files_named_like_ours_but_not_ours_survive(tmp_path: Path) -> None:
+    """pyarrow's `write_dataset` names files `part-0.parquet`; a user's `.notes.tmp` is not our temporary."""
+    out = tmp_path / "out"
+    writer = DatasetWriter(out, recipe(), RUN_INFO)
+    writer.add(rows("a", 1), rows("x", 0))
+    writer.close(complete=True)
+    planted = [out / "data" / "part-0.parquet", out / "data" / "part-00000.parquet.bak", out / ".notes.tmp"]
+    for path in planted:
+        path.write_bytes(b"the user's")
+    DatasetWriter(out, recipe(), RUN_INFO).close(complete=True)  # reopen: leftovers of ours are removed
+    DatasetWriter(out, recipe(), RUN_INFO, fresh=True).close(complete=True)
+    assert [path.read_bytes() for path in planted] == [b"the user's"] * 3
+
+
+def test_symlinks_are_refused_not_followed(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    precious = elsewhere / "precious.txt"
+    precious.write_text("keep me")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / LOCK).symlink_to(precious)
+    with pytest.raises(OutputError, match=r"\.synthkiln\.lock is a symlink"):
+        OutputDirectory(locked, FORMAT)
+    assert precious.read_text() == "keep me"
+
+    out = tmp_path / "out"
+    writer = DatasetWriter(out, recipe(), RUN_INFO)
+    writer.add(rows("a", 1), rows("x", 0))
+    writer.close(complete=True)
+    (elsewhere / "part-00007.parquet").write_bytes(b"not ours")
+    for shard in (out / "data").iterdir():
+        shard.rename(elsewhere / shard.name)
+    (out / "data").rmdir()
+    (out / "data").symlink_to(elsewhere)
+    with pytest.raises(OutputError, match=r"/data is a symlink"):
+        DatasetWriter(out, recipe(), RUN_INFO, fresh=True)
+    assert sorted(p.name for p in elsewhere.iterdir()) == [
+        "part-00000.parquet",
+        "part-00007.parquet",
+        "precious.txt",
+    ]
+
+
+def test_a_corpus_rerun_replaces_the_dedup_index_too(tmp_path: Path) -> None:
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": "one two three four five six seven"}])
+    out = tmp_path / "out"
+    assert cli("dedup", str(corpus), "--out", str(out), "--quiet").returncode == 0
+    assert (out / "index-r1.npz").is_file()
+    assert cli("dedup", str(corpus), "--out", str(out), "--quiet").returncode == 0
+    assert sorted(p.name for p in out.glob("index*")) == ["index-r2.npz"]
+    assert json.loads((out / "manifest.json").read_text())["files"] == ["index-r2.npz"]

@@ -94,15 +94,16 @@ def test_corpus_index_is_reused_by_the_stage(planted, tmp_path: Path) -> None:
     corpus, _ = planted
     out = tmp_path / "indexed"
     run("dedup", str(corpus), "--out", str(out), "--threshold", "0.7", "--quiet")
-    assert (out / "index.npz").is_file()
+    index = out / "index-r1.npz"
+    assert json.loads((out / "manifest.json").read_text())["index"] == index.name and index.is_file()
     texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
     stage = NearDuplicates(threshold=0.7, text_field="text", against=[str(out)])
     _, rejected = stage.process(pa.RecordBatch.from_pylist([{"id": "new", "text": texts[5]}]))
     assert rejected.column("duplicate_of").to_pylist() == ["corpus.jsonl:5"]
     with pytest.raises(SynthkilnError, match="built with num_perm=128"):
         NearDuplicates(num_perm=64, text_field="text", against=[str(out)])
-    with np.load(out / "index.npz") as stored:  # as synthkiln wrote it before hashing scheme 2
-        np.savez(out / "index.npz", **{k: stored[k] for k in stored.files if k != "scheme"})
+    with np.load(index) as stored:  # as synthkiln wrote it before hashing scheme 2
+        np.savez(index, **{k: stored[k] for k in stored.files if k != "scheme"})
     with pytest.raises(SynthkilnError, match=r"hashing scheme 1.*rebuild"):
         NearDuplicates(text_field="text", against=[str(out)])
 
