@@ -175,6 +175,7 @@ class CorpusCommand(ABC):
     """One corpus command: what it reads, how it splits rows, what its manifest records."""
 
     output_format: str  # e.g. "synthkiln-dedup/1": the marker its output directory carries
+    text_field: str | None = None  # when set, every input must hold it as text (checked by its reader)
     batch_rows = 65536
 
     def __init__(self) -> None:
@@ -206,8 +207,7 @@ def run_corpus_command(
     command: CorpusCommand, inputs: list[Path], out_dir: Path, progress: bool = True, fresh: bool = False
 ) -> dict[str, Any]:
     """Run `command` over `inputs` into `out_dir`; return the committed manifest."""
-    text_field = getattr(command, "text_field", None)
-    sources = iter_sources(inputs, text_field)
+    sources = iter_sources(inputs, command.text_field)
     check_fields(sources, command.fields())
     started = time.perf_counter()
     command.prepare(sources, progress)
