@@ -284,3 +284,34 @@ def test_a_corpus_rerun_replaces_the_dedup_index_too(tmp_path: Path) -> None:
     assert cli("dedup", str(corpus), "--out", str(out), "--quiet").returncode == 0
     assert sorted(p.name for p in out.glob("index*")) == ["index-r2.npz"]
     assert json.loads((out / "manifest.json").read_text())["files"] == ["index-r2.npz"]
+
+
+def test_a_manifest_that_cannot_be_written_loses_nothing_committed(tmp_path: Path, monkeypatch) -> None:
+    """The shard is written, then the disk fills before the manifest (the commit point) is: the error
+    names the manifest, the earlier commit stands, and the next open removes the orphan shard."""
+    from synthkiln.engine.output import directory
+
+    out = tmp_path / "out"
+    writer = DatasetWriter(out, recipe(), RUN_INFO)
+    writer.add(rows("a", 2), rows("x", 0))
+    writer.commit()
+    committed = {k: v for k, v in snapshot(out).items() if k != LOCK}
+    real = directory._fsync
+
+    def disk_full(path: Path) -> None:  # the disk is outside our control: fake only it
+        if path.name == ".manifest.json.tmp":
+            raise OSError(28, "No space left on device")
+        real(path)
+
+    monkeypatch.setattr(directory, "_fsync", disk_full)
+    writer.add(rows("b", 2), rows("x", 0))
+    with pytest.raises(OutputError, match=r"manifest\.json: cannot write \(No space left on device\)"):
+        writer.close(complete=True)
+    assert (out / "data" / "part-00001.parquet").is_file()  # the orphan: written, never committed
+    assert not (out / LOCK).exists()  # released all the same
+    monkeypatch.setattr(directory, "_fsync", real)
+    reopened = DatasetWriter(out, recipe(), RUN_INFO)
+    assert reopened.completed_prompts == {"a0", "a1"}
+    assert not (out / "data" / "part-00001.parquet").exists()
+    reopened.directory.close()
+    assert snapshot(out) == committed
