@@ -103,7 +103,8 @@ def test_cli_verify_writes_verdicts(tmp_path: Path, humaneval_rows) -> None:
         r["detail"].startswith("AssertionError") for r in rejected
     )
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["passed"] == 16 and manifest["sandbox"]["sandbox"] == "bubblewrap"
+    assert manifest["kept"] == 16 and manifest["rejected"] == {"python-tests:failed": 8}
+    assert manifest["sandbox"]["sandbox"] == "bubblewrap"
     assert pq.read_table(out / "data").num_rows == 16
     missing = subprocess.run([*synthkiln_command(), "verify", str(source), "--out", str(out), "--verifier", "json-schema"],
                              capture_output=True, text=True, cwd=REPO)  # fmt: skip
