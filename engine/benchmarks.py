@@ -5,7 +5,6 @@ everything (fail closed); nothing is skipped silently.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pyarrow as pa
 from synthkiln.engine.config import BenchmarkConfig
 from synthkiln.engine.corpus import Source
 from synthkiln.engine.errors import SynthkilnError
+from synthkiln.engine.inputs import sha256_file
 
 
 @dataclass(frozen=True)
@@ -96,13 +96,12 @@ class BenchmarkSource:
         """sha256 of the file (or the Hugging Face dataset's fingerprint): what the index is keyed by."""
         if self.path is None:
             return f"hf-fingerprint:{self._hf_dataset()._fingerprint}"
-        if not self.path.is_file():
+        if not self.path.exists():
             raise SynthkilnError(f"benchmark '{self.name}': {self.path}: no such file")
-        digest = hashlib.sha256()
-        with open(self.path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        try:
+            return sha256_file(self.path)
+        except SynthkilnError as exc:
+            raise SynthkilnError(f"benchmark '{self.name}': {exc}") from None
 
     def _hf_dataset(self) -> Any:
         dataset, config, split = self.hf  # type: ignore[misc]

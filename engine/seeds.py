@@ -7,7 +7,6 @@ a :class:`SeedRow` with an `error`, and the pipeline quarantines it with that re
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 
 from synthkiln.engine.config import SeedsConfig
 from synthkiln.engine.errors import SeedsError
+from synthkiln.engine.inputs import hf_seeds_key, sha256_file
 
 
 @dataclass(frozen=True)
@@ -32,15 +32,21 @@ def read_seeds(config: SeedsConfig) -> Iterator[SeedRow]:
     return islice(rows, config.limit) if config.limit else rows
 
 
-def describe_seeds(config: SeedsConfig) -> dict[str, Any]:
-    """Provenance of the seeds for the manifest: the file and its sha256, or the dataset name."""
+def describe_seeds(config: SeedsConfig, inputs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Provenance of the seeds for the manifest: the file and its sha256, or the dataset name.
+
+    `inputs` is the run's input fingerprint (:func:`synthkiln.engine.inputs.fingerprint`): the seeds'
+    sha256 is taken from it, so a resume does not reread the seeds to hash them again.
+    """
     if config.path:
-        digest = hashlib.sha256()
-        with open(_existing(Path(config.path)), "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return {"path": config.path, "sha256": digest.hexdigest(), "limit": config.limit}
-    return {"hf_dataset": config.hf_dataset, "config": config.hf_config, "split": config.split}
+        known = (inputs or {}).get(config.path)
+        sha256 = known["sha256"] if known else sha256_file(_existing(Path(config.path)))
+        return {"path": config.path, "sha256": sha256, "limit": config.limit}
+    hf = {"hf_dataset": config.hf_dataset, "config": config.hf_config, "split": config.split}
+    known = (inputs or {}).get(hf_seeds_key(config))
+    if known:
+        hf["revision"] = known["revision"]
+    return hf
 
 
 def count_seeds(config: SeedsConfig) -> int | None:

@@ -10,14 +10,16 @@ Layout::
 A commit writes each shard to a temporary name, renames it into place, then replaces the manifest the
 same way: the manifest's rename is the commit point, and it lists only shards already in place. The
 directory is claimed through :class:`~synthkiln.engine.output.directory.OutputDirectory` (the one guard:
-only our own directories, locked, shard files no manifest lists removed). On reopening, the prompts
-found in committed shards are reported as done, so a rerun resumes without losing or duplicating anything.
+only our own directories, locked, shard files no manifest lists removed). On reopening, the samples
+found in committed shards are reported (`committed_samples`), so a rerun resumes without losing or
+duplicating anything.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,7 @@ class DatasetWriter:
         self,
         out_dir: str | Path,
         recipe: Recipe,
-        run_info: dict[str, Any],
+        run_info: dict[str, Any] | Callable[[dict[str, dict[str, Any]]], dict[str, Any]],
         schema: pa.Schema = ROW_SCHEMA,
         fresh: bool = False,
         allow_changed_inputs: bool = False,
@@ -59,7 +61,9 @@ class DatasetWriter:
         except BaseException:
             self.directory.close()
             raise
-        self.completed_prompts = self._committed_prompt_ids()
+        self.committed_samples = self._committed_samples()
+        self.completed_prompts = set(self.committed_samples)  # prompts with a committed row
+        self._counted_prompts = set(self.completed_prompts)  # each prompt counts once in the funnel
         self._pending_kept: list[pa.RecordBatch] = []
         self._pending_rejected: list[pa.RecordBatch] = []
         self._pending_rows = 0
@@ -156,7 +160,8 @@ class DatasetWriter:
             manifest["tokens"]["completion"] += int(
                 pc.sum(generated.column("completion_tokens")).as_py() or 0
             )
-        funnel["prompts"] += len(prompt_ids)
+        funnel["prompts"] += len(prompt_ids - self._counted_prompts)  # a prompt cut at --limit: once
+        self._counted_prompts |= prompt_ids
         funnel["samples"] += samples
         funnel["accepted"] += kept.num_rows if kept is not None else 0
         if rejected is not None:
@@ -180,7 +185,16 @@ class DatasetWriter:
             manifest["complete"] = complete
         manifest["commits"] += 1
 
-    def _open(self, run_info: dict[str, Any], allow_changed_inputs: bool) -> dict[str, Any]:
+    def _open(
+        self,
+        run_info: dict[str, Any] | Callable[[dict[str, dict[str, Any]]], dict[str, Any]],
+        allow_changed_inputs: bool,
+    ) -> dict[str, Any]:
+        """The manifest to continue (checked against this recipe and its inputs) or a new one.
+
+        `run_info` may be a callable taking the inputs' fingerprint: it is called only once the
+        directory is claimed and the resume checks pass, so costly information (loading teachers)
+        is never gathered for a directory that is refused."""
         recipe_hash = self.recipe.content_hash()
         manifest = self.directory.previous
         if manifest is not None:
@@ -192,15 +206,18 @@ class DatasetWriter:
             check_resume(self.recipe, manifest, self.out_dir, allow_changed_inputs)
             self._check_committed(manifest)
             manifest["runs"] += 1
-            manifest.update(run_info)
+            manifest.update(run_info(manifest["inputs"]) if callable(run_info) else run_info)
             return manifest
+        inputs = fingerprint(self.recipe)
+        if callable(run_info):
+            run_info = run_info(inputs)
         manifest = {
             "format": FORMAT,
             "name": self.recipe.name,
             "recipe_hash": recipe_hash,
             "recipe": self.recipe.to_dict(),
             **run_info,
-            "inputs": fingerprint(self.recipe),
+            "inputs": inputs,
             "input_changes": [],
             "stopped": None,
             "runs": 1,
@@ -244,10 +261,17 @@ class DatasetWriter:
             return self.schema.empty_table().select(columns)
         return pa.concat_tables(tables)
 
-    def _committed_prompt_ids(self) -> set[str]:
-        done: set[str] = set()
+    def _committed_samples(self) -> dict[str, set[int | None]]:
+        """Per prompt id, the `sample_index` of each of its committed rows, accepted or rejected
+        (None: a row of no sample, a seed row or prompt quarantined before generation)."""
+        samples: dict[str, set[int | None]] = {}
         for folder in ("data", "rejected"):
             for shard in self.manifest["shards"][folder]:
-                table = pq.read_table(self.out_dir / shard["path"], columns=["prompt_id"])
-                done.update(table.column("prompt_id").to_pylist())
-        return done
+                table = pq.read_table(self.out_dir / shard["path"], columns=["prompt_id", "sample_index"])
+                for prompt_id, index in zip(
+                    table.column("prompt_id").to_pylist(),
+                    table.column("sample_index").to_pylist(),
+                    strict=True,
+                ):
+                    samples.setdefault(prompt_id, set()).add(index)
+        return samples

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -14,11 +15,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from synthkiln.engine import Pipeline, inputs
+from synthkiln.engine import pipeline as pipeline_module
+from synthkiln.engine import seeds as seeds_module
 from synthkiln.engine.cli import main
-from synthkiln.engine.config import recipe_from_dict
-from synthkiln.engine.errors import OutputError, RecipeError, SeedsError
+from synthkiln.engine.config import SamplingConfig, recipe_from_dict
+from synthkiln.engine.errors import OutputError, RecipeError, SeedsError, SynthkilnError
 from synthkiln.engine.output.writer import DatasetWriter
-from synthkiln.engine.pipeline import StepResult, _within
+from synthkiln.engine.pipeline import StepResult, _Progress, _within
+from synthkiln.engine.seeds import describe_seeds
+from synthkiln.engine.teachers import Completion, GenerationRequest, Teacher
 from synthkiln.engine.teachers.openai_teacher import OpenAITeacher
 from tests.conftest import QUICK_INSTRUCTIONS
 
@@ -134,22 +139,153 @@ def test_cli_resume_over_edited_seeds_exits_2_naming_the_file(
 
 def test_a_step_is_cut_at_prompt_granularity() -> None:
     kept = pa.RecordBatch.from_pylist(
-        [{"prompt_id": p, "sample_index": i} for p, i in [("a", 0), ("b", 0), ("b", 1), ("d", 1)]]
+        [{"prompt_id": p, "sample_index": i} for p, i in [("a", 0), ("b", 1), ("b", 3), ("d", 1)]]
     )
     rejected = pa.RecordBatch.from_pylist(
-        [{"prompt_id": p, "sample_index": i} for p, i in [("a", 1), ("c", 0), ("d", 0), ("b", 2)]]
+        [
+            {"prompt_id": p, "sample_index": i}
+            for p, i in [("a", 1), ("c", 0), ("d", 0), ("b", 0), ("b", 2), ("b", 4), ("q", None)]
+        ]
     )
     step = _within(StepResult(kept, rejected, 1.0, 1.0), room=2)
-    # a fits whole; b (2 accepted) gets the one slot left and keeps its rejected row; d is dropped with
-    # its rejected row, so a later run generates it; c has nothing accepted and stays done.
+    # a fits whole; b (2 accepted) gets the one slot left: it keeps its samples below its second
+    # accepted one (sample 3), rejected ones included, and leaves 3 and 4 to a later run; d is dropped
+    # with its rejected row, so a later run generates it; c has nothing accepted and stays done, as
+    # does q (quarantined: no sample).
     assert step.kept.to_pylist() == [
         {"prompt_id": "a", "sample_index": 0},
-        {"prompt_id": "b", "sample_index": 0},
+        {"prompt_id": "b", "sample_index": 1},
     ]
-    assert [r["prompt_id"] for r in step.rejected.to_pylist()] == ["a", "c", "b"]
+    assert [(r["prompt_id"], r["sample_index"]) for r in step.rejected.to_pylist()] == [
+        ("a", 1),
+        ("c", 0),
+        ("b", 0),
+        ("b", 2),
+        ("q", None),
+    ]
     full = _within(StepResult(kept, rejected, 1.0, 1.0), room=1)
     assert [r["prompt_id"] for r in full.kept.to_pylist()] == ["a"]
-    assert [r["prompt_id"] for r in full.rejected.to_pylist()] == ["a", "c"]  # b and d are left to do
+    assert [r["prompt_id"] for r in full.rejected.to_pylist()] == ["a", "c", "q"]  # b and d are left to do
+
+
+def test_progress_counts_a_prompt_done_only_when_each_sample_is_committed() -> None:
+    progress = _Progress(3, {"whole": {0, 1, 2}, "cut": {0, 1}, "quarantined": {None}})
+    assert progress.done("whole") and progress.done("quarantined")
+    assert not progress.done("cut") and not progress.done("untouched")
+    assert progress.committed("cut") == {0, 1} and progress.committed("untouched") == frozenset()
+    progress.add(pa.RecordBatch.from_pylist([{"prompt_id": "cut", "sample_index": 2}]))
+    assert progress.done("cut")
+
+
+class ScriptedTeacher(Teacher):
+    """Answers each prompt with fixed samples, picked by a word of the prompt: runs are reproducible
+    whatever the batching, and the samples can be near-duplicates of each other on purpose."""
+
+    backend = "scripted"
+
+    def __init__(self, script: dict[str, list[str]]) -> None:
+        super().__init__("scripted", "scripted-model")
+        self.script = script
+        self.asked: list[str] = []
+
+    def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig) -> list[list[Completion]]:
+        answers = []
+        for request in requests:
+            key = next(k for k in self.script if k in request.messages[-1]["content"])
+            self.asked.append(key)
+            samples = self.script[key][: request.n]
+            answers.append([Completion(text, "stop", 7, len(text.split())) for text in samples])
+        return answers
+
+    def close(self) -> None:
+        pass
+
+
+# Prompt p1's sample 2 repeats its sample 0; p2's sample 2 repeats its sample 1; p3's are distinct.
+SCRIPT = {
+    "p1": [
+        "the quick brown fox jumps over the lazy dog near the river bank",
+        "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu",
+        "the quick brown fox jumps over the lazy dog near the river bank",
+    ],
+    "p2": [
+        "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod",
+        "sphinx of black quartz judge my vow and pack my box with jugs",
+        "sphinx of black quartz judge my vow and pack my box with jugs",
+    ],
+    "p3": [
+        "one small step for a man one giant leap for all mankind today",
+        "to be or not to be that is the question whether tis nobler",
+        "all that glitters is not gold often have you heard that told",
+    ],
+}
+
+
+def rows_of(out: Path, folder: str) -> set[tuple]:
+    columns = ("id", "prompt_id", "sample_index", "response", "reason", "duplicate_of")
+    return {tuple(row.get(c) for c in columns) for row in committed(out, folder)}
+
+
+@pytest.mark.parametrize("keep", ["all", "first"])
+@pytest.mark.parametrize("limit", [1, 3, 5])
+def test_limit_then_resume_keeps_every_sample_once_with_dedup(tmp_path: Path, limit: int, keep: str) -> None:
+    seeds = write_seeds(tmp_path / "seeds.jsonl", [{"instruction": f"Write {key}."} for key in SCRIPT])
+    recipe = instruction_recipe(
+        seeds,
+        generation={"batch_size": 3, "samples_per_prompt": 3, "keep": keep},
+        dedup={"enabled": True},
+        filters={"min_words": 1},
+    )
+    clean, limited = tmp_path / "clean", tmp_path / "limited"
+    with Pipeline.from_recipe(recipe, teachers=[ScriptedTeacher(SCRIPT)]) as pipeline:
+        expected = pipeline.run(clean, progress=False)
+    # p1 and p2 each have one near-duplicate sample rejected (keep=all), or two samples not first.
+    assert expected["funnel"]["accepted"] == (7 if keep == "all" else 3)
+
+    with Pipeline.from_recipe(recipe, teachers=[ScriptedTeacher(SCRIPT)]) as pipeline:
+        first = pipeline.run(limited, limit=limit, progress=False)
+    assert first["funnel"]["accepted"] == min(limit, expected["funnel"]["accepted"])
+    samples = Counter(r["seed_row"] for r in committed(limited) + committed(limited, "rejected"))
+    left = sorted({"p1", "p2", "p3"} - {f"p{row}" for row, count in samples.items() if count == 3})
+    assert bool(left) == (limit < expected["funnel"]["accepted"])  # with keep=all, 1 and 3 cut a prompt
+    teacher = ScriptedTeacher(SCRIPT)
+    with Pipeline.from_recipe(recipe, teachers=[teacher]) as pipeline:
+        resumed = pipeline.run(limited, progress=False)
+    assert resumed["complete"] is True
+    assert rows_of(limited, "data") == rows_of(clean, "data")
+    assert rows_of(limited, "rejected") == rows_of(clean, "rejected")
+    ids = [r["id"] for r in committed(limited) + committed(limited, "rejected")]
+    assert len(ids) == len(set(ids)) == 9
+    assert resumed["funnel"] == expected["funnel"] and resumed["tokens"] == expected["tokens"]
+    # The resume generated only what was left: the prompt that was cut, if any, and those after it.
+    assert teacher.asked == left
+
+
+@pytest.mark.slow
+def test_limit_cutting_a_prompt_then_resume_equals_a_clean_run(tmp_path: Path, hf_teacher) -> None:
+    seeds = write_seeds(tmp_path / "seeds.jsonl", [{"instruction": text} for text in QUICK_INSTRUCTIONS[:3]])
+    recipe = instruction_recipe(seeds, generation={"batch_size": 2, "samples_per_prompt": 2})
+    clean, limited = tmp_path / "clean", tmp_path / "limited"
+    with Pipeline.from_recipe(recipe, teachers=[hf_teacher]) as pipeline:
+        expected = pipeline.run(clean, progress=False)
+    clean_rows = {(r["prompt_id"], r["sample_index"], r["response"]) for r in committed(clean)}
+    assert len(clean_rows) == 6  # greedy: both samples of a prompt are the same text, both accepted
+
+    with Pipeline.from_recipe(recipe, teachers=[hf_teacher]) as pipeline:
+        manifest = pipeline.run(limited, limit=3, progress=False)
+    # The second prompt is cut after its sample 0: it is not done, and counts among the seeds left.
+    assert manifest["funnel"]["accepted"] == 3 and manifest["stopped"] == {"limit": 3, "seeds_left": 2}
+    cut = [r for r in committed(limited) if r["seed_row"] == 2]
+    assert [r["sample_index"] for r in cut] == [0]
+
+    with Pipeline.from_recipe(recipe, teachers=[hf_teacher]) as pipeline:
+        resumed = pipeline.run(limited, progress=False)
+    rows = committed(limited)
+    assert resumed["complete"] is True and resumed["stopped"] is None
+    assert {(r["prompt_id"], r["sample_index"], r["response"]) for r in rows} == clean_rows
+    assert len({r["id"] for r in rows}) == len(rows) == 6
+    assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in committed(clean))
+    assert resumed["funnel"] == expected["funnel"] and resumed["tokens"] == expected["tokens"]
 
 
 @pytest.mark.slow
@@ -295,3 +431,130 @@ def test_openai_teacher_estimates_from_characters_and_never_sends_a_huge_prompt(
         r"seeds.jsonl line 1: the prompt takes an estimated 625\d{3} tokens", rejected[0]["detail"]
     )
     assert "32768-token context of teacher 'openai'" in rejected[0]["detail"]
+
+
+# -- the directory is claimed first; inputs hashed once, by one helper; unreadable inputs named --
+
+
+def scripted_recipe(tmp_path: Path) -> dict:
+    seeds = write_seeds(tmp_path / "seeds.jsonl", [{"instruction": f"Write {key}."} for key in SCRIPT])
+    return instruction_recipe(seeds, filters={"min_words": 1})
+
+
+def test_a_refused_directory_is_refused_before_the_teachers_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded: list[object] = []
+    monkeypatch.setattr(
+        pipeline_module, "build_teacher", lambda config: loaded.append(config) or ScriptedTeacher(SCRIPT)
+    )
+    recipe = scripted_recipe(tmp_path)
+    foreign = tmp_path / "hf-dataset"
+    (foreign / "data").mkdir(parents=True)
+    (foreign / "data" / "train-00000.parquet").write_bytes(b"theirs")
+    with pytest.raises(OutputError), Pipeline.from_recipe(recipe) as pipeline:
+        pipeline.run(foreign, progress=False)
+    other = tmp_path / "other"
+    DatasetWriter(other, recipe_from_dict({**recipe, "name": "another"}), RUN_INFO).close(complete=False)
+    with pytest.raises(OutputError, match="another recipe"), Pipeline.from_recipe(recipe) as pipeline:
+        pipeline.run(other, progress=False)
+    locked = tmp_path / "locked"
+    holder = DatasetWriter(locked, recipe_from_dict(recipe), RUN_INFO)
+    try:
+        with pytest.raises(OutputError), Pipeline.from_recipe(recipe) as pipeline:
+            pipeline.run(locked, progress=False)
+    finally:
+        holder.close(complete=False)
+    assert loaded == []  # no refusal waited for a model to load
+    with Pipeline.from_recipe(recipe) as pipeline:
+        manifest = pipeline.run(locked, progress=False)
+    assert len(loaded) == 1 and manifest["teachers"][0]["model"] == "scripted-model"
+
+
+def test_the_directory_is_released_when_sizing_the_progress_bar_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(self: Pipeline) -> int:
+        raise RuntimeError("counting the seeds failed")
+
+    monkeypatch.setattr(Pipeline, "_prompt_estimate", fail)
+    recipe = scripted_recipe(tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError), Pipeline.from_recipe(recipe, teachers=[ScriptedTeacher(SCRIPT)]) as p:
+        p.run(out, progress=False)
+    assert not (out / ".synthkiln.lock").exists()
+    DatasetWriter(out, recipe_from_dict(recipe), RUN_INFO).close(complete=False)  # not locked
+
+
+def test_the_seeds_are_hashed_once_for_a_new_run_and_not_at_all_on_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = scripted_recipe(tmp_path)
+    seeds = recipe["seeds"]["path"]
+    hashed: list[str] = []
+    real = inputs.sha256_file
+
+    def counting(path: str | Path) -> str:
+        hashed.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(inputs, "sha256_file", counting)
+    monkeypatch.setattr(seeds_module, "sha256_file", counting)
+    out = tmp_path / "out"
+    with Pipeline.from_recipe(recipe, teachers=[ScriptedTeacher(SCRIPT)]) as pipeline:
+        first = pipeline.run(out, limit=1, progress=False)
+    assert hashed == [seeds]
+    assert first["seeds"]["sha256"] == first["inputs"][seeds]["sha256"] == real(seeds)
+    with Pipeline.from_recipe(recipe, teachers=[ScriptedTeacher(SCRIPT)]) as pipeline:
+        resumed = pipeline.run(out, progress=False)
+    assert hashed == [seeds]  # size and mtime unchanged: the recorded hash is reused
+    assert resumed["seeds"]["sha256"] == first["seeds"]["sha256"]
+
+
+def test_an_input_that_cannot_be_read_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "bench.jsonl"
+    folder.mkdir()
+    with pytest.raises(SynthkilnError, match=rf"^{re.escape(str(folder))}: cannot read .*: Is a directory$"):
+        inputs.sha256_file(folder)
+    template = tmp_path / "ask.jinja"
+    template.mkdir()
+    recipe = scripted_recipe(tmp_path)
+    templated = recipe_from_dict({**recipe, "task": {"kind": "instruction", "template_file": str(template)}})
+    with pytest.raises(SynthkilnError, match=rf"^{re.escape(str(template))}: cannot read"):
+        DatasetWriter(tmp_path / "out", templated, RUN_INFO)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+    recipe["decontaminate"] = {"benchmarks": [{"name": "own", "path": str(folder)}]}
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(json.dumps(recipe))
+    assert main(["run", str(recipe_path), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"benchmark 'own': {folder}: cannot read" in err and "Traceback" not in err
+
+    unreadable = write_seeds(tmp_path / "secret.jsonl", [{"question": "q"}])
+
+    def denied(path: str | Path, mode: str = "r") -> object:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(inputs, "open", denied, raising=False)
+    with pytest.raises(SynthkilnError, match=rf"{re.escape(str(unreadable))}: .*Permission denied"):
+        inputs.sha256_file(unreadable)
+
+
+def test_seeds_from_a_hugging_face_dataset_are_part_of_the_identity(tmp_path: Path) -> None:
+    pytest.importorskip("datasets")
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    write_seeds(dataset / "train.jsonl", [{"instruction": "Say hi."}])
+    recipe = recipe_from_dict({**scripted_recipe(tmp_path), "seeds": {"hf_dataset": str(dataset)}})
+    key = f"hf:{dataset}:train"
+    out = tmp_path / "out"
+    first = DatasetWriter(out, recipe, RUN_INFO).close(complete=False)
+    assert list(first["inputs"]) == [key] and first["inputs"][key]["revision"]
+    assert describe_seeds(recipe.seeds, first["inputs"])["revision"] == first["inputs"][key]["revision"]
+    assert DatasetWriter(out, recipe, RUN_INFO).close(complete=False)["runs"] == 2  # unchanged: resumes
+    write_seeds(dataset / "train.jsonl", [{"instruction": "Say bye."}, {"instruction": "Say why."}])
+    with pytest.raises(OutputError, match=rf"{re.escape(key)} \(contents changed: revision "):
+        DatasetWriter(out, recipe, RUN_INFO)

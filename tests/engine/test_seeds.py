@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -51,3 +52,13 @@ def test_unreadable_sources_stop_with_the_file_named(tmp_path: Path) -> None:
     broken.write_bytes(b"not parquet")
     with pytest.raises(SeedsError, match=r"broken\.parquet: cannot read Parquet"):
         list(read_seeds(SeedsConfig(path=str(broken))))
+
+
+def test_describe_seeds_takes_the_hash_from_the_fingerprint(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"q": "a"}\n')
+    config = SeedsConfig(path=str(path))
+    hashed = describe_seeds(config)["sha256"]
+    assert hashed == hashlib.sha256(path.read_bytes()).hexdigest()
+    recorded = {str(path): {"sha256": "f" * 64, "size": 11, "mtime_ns": 1}}
+    assert describe_seeds(config, recorded)["sha256"] == "f" * 64  # not reread
