@@ -13,7 +13,8 @@ receives the candidate's code through a pipe, runs it and then serves calls. The
 parent, where the names they use from the candidate's module are proxies: a call crosses the pipe as
 plain data (None, bool, int, float, complex, str, bytes and lists, tuples, sets, frozensets, dicts of
 them) in our own tagged encoding, and what comes back is decoded by `_decode`, which builds nothing
-else (the candidate's other objects come back as opaque `_Remote` handles, equal to no plain value).
+else (the candidate's other objects come back as opaque `_Remote` handles, equal to no plain value and
+to no handle but one to the same object; their equality, hashing and membership are decided here).
 So frame walking, patched builtins and a rigged ``__eq__`` reach only the candidate's own process;
 a candidate that dies, floods or writes garbage to the pipe fails the job, and one that hangs runs into
 the caller's wall clock. Forking costs far less than a second interpreter (measured: ~1 ms).
@@ -107,9 +108,13 @@ class _Remote:
         return _ask("op", self, "getitem", (key,))
 
     def __contains__(self, item) -> bool:
-        return _expect(_ask("op", self, "contains", (item,)), bool)
+        # Decided here, over what iterating the object yields: the candidate's own `__contains__` would
+        # be handed the tests' expected value and asked for a verdict on it (`assert 3 in f(x)`).
+        return item in self.__iter__()
 
     def __bool__(self) -> bool:
+        # Asked of the candidate: the answer is one plain bool, no more than returning True or False
+        # would have given it (the tests hand it no expected value to agree with).
         return _expect(_ask("op", self, "bool", ()), bool)
 
     def __str__(self) -> str:
@@ -118,13 +123,17 @@ class _Remote:
     def __repr__(self) -> str:
         return f"<{self._kind} of the candidate's>"
 
+    # Equality and hashing are decided here, never by the candidate's `__eq__`/`__hash__`: a handle equals
+    # only a handle to the same object (the candidate's process numbers each object once), and no plain
+    # value. `assert f(a) == f(b)` with a rigged `__eq__` that says True, or says True then False to pass
+    # `==` and `!=`, fails; two distinct objects of the candidate's are unequal whatever their class says.
     def __hash__(self) -> int:
-        return _expect(_ask("op", self, "hash", ()), int)
+        return hash(("_Remote", object.__getattribute__(self, "_handle")))
 
     def __eq__(self, other):
         if _type(other) is not _Remote:
             return NotImplemented  # the candidate's object is never equal to a plain value
-        return _expect(_ask("op", self, "eq", (other,)), bool)
+        return object.__getattribute__(self, "_handle") == object.__getattribute__(other, "_handle")
 
     def __ne__(self, other):
         if _type(other) is not _Remote:
@@ -132,6 +141,7 @@ class _Remote:
         return not self.__eq__(other)
 
 
+_NUMBERED: dict = {}  # the candidate's side: id of an object in `handles` -> its number there
 _PLAIN_TAGS = {type(None): b"N", bool: b"B", int: b"i", float: b"f", complex: b"c", str: b"s", bytes: b"b"}
 _CONTAINER_TAGS = {list: b"l", tuple: b"t", set: b"S", frozenset: b"Z", dict: b"d"}
 
@@ -179,10 +189,13 @@ def _encode(value, out: list, handles: list | None, depth: int = 0) -> None:
         return
     if handles is None:
         raise TypeError(f"a {kind.__name__} cannot be passed to the candidate's process (plain data only)")
-    handles.append(value)
+    number = _NUMBERED.get(id(value))  # one number per object (`handles` keeps it alive: ids stay unique)
+    if number is None:
+        handles.append(value)
+        number = _NUMBERED[id(value)] = _len(handles) - 1
     name = getattr(kind, "__name__", "object")
     name = (name if _type(name) is str else "object").encode("utf-8", "surrogatepass")[:100]
-    out += (b"h", _n(_len(handles) - 1), _n(_len(name)), name)
+    out += (b"h", _n(number), _n(_len(name)), name)
 
 
 def _hashable_inside(value, kind) -> bool:
@@ -303,7 +316,7 @@ def _receive(fd: int, handles: list | None):
 
 # -- python-tests: the candidate's process -----------------------------------------------------------------
 
-_UNARY = {"len": len, "list": list, "bool": bool, "str": str, "hash": hash}
+_UNARY = {"len": len, "list": list, "bool": bool, "str": str}
 
 
 def _candidate(requests: int, replies: int) -> None:
@@ -343,17 +356,19 @@ def _candidate(requests: int, replies: int) -> None:
                 value = _UNARY[first](target)
             elif first == "getitem":
                 value = target[second[0]]
-            elif first == "contains":
-                value = second[0] in target
-            else:  # eq
-                value = target == second[0]
+            else:
+                raise ValueError(f"no operation {first!r}")
             reply = ("ok", value)
         except BaseException as exc:
             import traceback
 
             frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == "solution.py"]
             where = f" (solution.py:{frames[-1].lineno}: {frames[-1].line})" if frames else ""
-            reply = ("raised", _type(exc).__name__, f"{str(exc)[:400]}{where}")
+            # Named by its nearest builtin class (`json.JSONDecodeError` is a ValueError to the tests);
+            # its own name, if not builtin, leads the message. Untrusted like any reply: see `_ask`.
+            builtin = next((k for k in _type(exc).__mro__ if k.__module__ == "builtins"), BaseException)
+            own = "" if builtin is _type(exc) else f"{_type(exc).__name__}: "
+            reply = ("raised", builtin.__name__, f"{own}{str(exc)[:400]}{where}")
         _send(replies, reply, handles)
         _flush()
 
@@ -407,14 +422,43 @@ def _ask(verb: str, target: _Remote, first, second):
     except _Garbage as exc:
         _BROKEN.append(f"the candidate's process sent what is not plain data: {exc}")
         raise _CandidateBroken(_BROKEN[0]) from None
+    except Exception as exc:  # MemoryError decoding a huge reply: not an exception the tests may catch
+        _BROKEN.append(f"the candidate's reply could not be read ({_type(exc).__name__})")
+        raise _CandidateBroken(_BROKEN[0]) from None
     if reply[0] == "ok":
         return reply[1]
+    kind = _RAISED_AS.get(reply[1])
+    if kind is not None:
+        raise kind(reply[2])
     import builtins
 
-    kind = getattr(builtins, reply[1], None)  # a builtin exception keeps its type (tests may expect it)
-    if _type(kind) is _type and issubclass(kind, Exception) and reply[1][0].isupper():
-        raise kind(reply[2])
+    known = getattr(builtins, reply[1], None)  # a builtin subclass of an allowed type: raised as that one
+    if _type(known) is _type and issubclass(known, BaseException):
+        for base in known.__mro__:
+            if base in _RAISED_AS.values():
+                raise base(f"{reply[1]}: {reply[2]}")
     raise RuntimeError(f"{reply[1]}: {reply[2]}")
+
+
+# The candidate's exceptions that the tests see with their own type, because tests legitimately expect
+# them (`with pytest.raises(ValueError)`, `except KeyError`); a builtin subclass of one (UnicodeDecodeError,
+# ConnectionError) is raised as that one. Any other reaches the tests as a RuntimeError naming it. The name
+# comes from the candidate's process, which may claim any: it gains nothing it could not get by raising
+# that exception, which is why only these are let through. Never: StopIteration and
+# StopAsyncIteration (raised inside `map`, `filter`, `zip` or a `next()` they end the iteration silently:
+# `assert all(map(lambda c: f(*c[0]) == c[1], cases))` would check nothing and pass), GeneratorExit,
+# SystemExit and KeyboardInterrupt (they steer the tests' control flow, not report a bad input), and
+# AssertionError: in the tests' process an AssertionError means that one of the tests' asserts failed; the
+# candidate's is its own business and must never be mistaken for, or swallowed as, a test's.
+_RAISED_AS = {
+    kind.__name__: kind
+    for kind in (
+        ArithmeticError, FloatingPointError, OverflowError, ZeroDivisionError, AttributeError, LookupError,
+        IndexError, KeyError, OSError, FileExistsError, FileNotFoundError, IsADirectoryError,
+        NotADirectoryError, PermissionError, TimeoutError, RuntimeError, NotImplementedError, RecursionError,
+        TypeError, ValueError, UnicodeError,
+    )
+}  # fmt: skip
 
 
 def _expect(value, kind):
@@ -427,8 +471,9 @@ def _expect(value, kind):
 
 
 def _counted(source: str, counter: list):
-    """The tests compiled so that every `assert` executed is counted: `assert x, m` runs as
-    `assert __synthkiln_ran__(x), m`. `_ast` bare (`ast` costs 10 ms to import here)."""
+    """The tests compiled so that every `assert` that holds is counted: `assert x, m` runs as
+    `assert __synthkiln_ran__(x), m`. One that fails is not (tests that catch their own AssertionError
+    checked nothing), nor one whose expression raised. `_ast` bare (`ast` costs 10 ms to import here)."""
     import _ast
 
     tree = compile(source, "tests.py", "exec", _ast.PyCF_ONLY_AST)
@@ -446,18 +491,26 @@ def _counted(source: str, counter: list):
             elif _isinstance(child, _ast.AST):
                 stack.append(child)
 
-    def ran(value):
-        counter.append(1)
-        return value
+    def ran(value) -> bool:
+        holds = bool(value)  # once: a handle's truth is asked of the candidate, and may change if asked twice
+        if holds:
+            counter.append(1)
+        return holds
 
     return compile(tree, "tests.py", "exec"), ran
 
 
 def _names(names, entry_point: str | None) -> dict:
     """The tests' view of the candidate's module: plain values and proxies as sent, stdlib modules as our
-    own imports. A name that shadows a builtin or a stdlib module is left out (the tests get the real
-    one: a candidate's `abs` returning 0 must not pass `assert abs(f(x) - y) < 1e-6`), except the
-    entry point itself."""
+    own imports. The names message comes from the candidate's process, so it is untrusted like the rest:
+    - a name that is not an identifier, or that starts with `__` (`__builtins__`: the tests would run
+      with the candidate's functions as their builtins; `__name__`, `__synthkiln_ran__`), is left out;
+    - a name that shadows a builtin or a stdlib module is left out (the tests get the real one: a
+      candidate's `abs` returning 0 must not pass `assert abs(f(x) - y) < 1e-6`), except the entry point;
+    - with an entry point, `check` is the tests' own: if they define none, the job fails, rather than
+      calling one of the candidate's;
+    - a module is imported here only if it is a top-level stdlib module (`import x` in the tests' process
+      runs x's code: no submodule such as `unittest.__main__`, nothing private, none of `_IMPORT_NEVER`)."""
     import builtins
 
     if _type(names) is not dict:
@@ -467,11 +520,15 @@ def _names(names, entry_point: str | None) -> dict:
         if _type(name) is not str or _type(described) is not tuple or _len(described) != 2:
             raise _Garbage("not a list of names")
         kind, value = described
+        if kind not in ("module", "value"):
+            raise _Garbage("not a list of names")
+        if not name.isidentifier() or name[:2] == "__" or (entry_point and name == "check" != entry_point):
+            continue
         if name != entry_point and (hasattr(builtins, name) or (name in stdlib and kind != "module")):
             continue
         if kind == "module":
-            if _type(value) is not str or value.partition(".")[0] not in stdlib:
-                continue  # the tests' process imports the stdlib only
+            if _type(value) is not str or not _importable(value):
+                continue  # the tests' process imports the stdlib only, and not every part of it
             if name in stdlib and name != value:
                 continue  # `import cmath as math`: the tests keep the real `math`
             try:
@@ -479,11 +536,24 @@ def _names(names, entry_point: str | None) -> dict:
                 visible[name] = sys.modules[value]
             except BaseException:  # a module the tests cannot have: they do without it
                 continue
-        elif kind == "value":
-            visible[name] = value
         else:
-            raise _Garbage("not a list of names")
+            visible[name] = value
     return visible
+
+
+# Stdlib modules whose import does something (prints, starts a browser, runs site or test code) or that
+# hold demos and tests: never imported on the candidate's word.
+_IMPORT_NEVER = frozenset({"this", "antigravity", "idlelib", "test", "turtledemo", "turtle", "tkinter", "site",
+                           "lib2to3", "ensurepip", "venv", "pydoc_data"})  # fmt: skip
+
+
+def _importable(module: str) -> bool:
+    return (
+        module in sys.stdlib_module_names
+        and module.isidentifier()
+        and module[:1] != "_"
+        and module not in _IMPORT_NEVER
+    )
 
 
 def python_tests(job: dict, requests: int, replies: int) -> dict:
@@ -516,7 +586,8 @@ def python_tests(job: dict, requests: int, replies: int) -> dict:
     counter: list = []
     try:
         code, ran = _counted(job["tests"], counter)
-        namespace["__synthkiln_ran__"] = ran
+        # Ours whatever the names said (`_names` drops dunders already; this holds if that ever changes).
+        namespace.update({"__name__": "__main__", "__builtins__": builtins, "__synthkiln_ran__": ran})
         exec(code, namespace)
         if entry_point:
             if "check" not in namespace or entry_point not in namespace:
