@@ -43,22 +43,43 @@ class Source:
     def batches(self, batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
         self.row_base = 0
         for batch in self._read(batch_rows):
-            if self.text_field is None:
-                yield batch
-                self.row_base += len(batch)
-                continue
-            if batch.schema.get_field_index(self.text_field) < 0:
-                fields = ", ".join(batch.schema.names)
-                raise SynthkilnError(
-                    f"{self.path}: no field '{self.text_field}' (fields: {fields}); use --text-field"
-                )
-            column = batch.column(self.text_field)
-            if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+            if self.text_field is not None and self._text_type(batch.schema) == "binary":
                 batch = _decode_binary(batch, self.text_field)
-            elif not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-                raise SynthkilnError(f"{self.path}: field '{self.text_field}' holds {column.type}, not text")
             yield batch
             self.row_base += len(batch)
+
+    def field_names(self) -> list[str] | None:
+        """The file's fields, read cheaply (a Parquet file's schema, a JSONL file's first record) after
+        checking the text field there; None for a file without rows."""
+        try:
+            if self.path.name.endswith(".parquet"):
+                schema = pq.read_schema(self.path)
+            else:
+                first = next(_records(self.path), None)
+                if first is None:
+                    return None
+                schema = pa.Table.from_pylist([first]).schema
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise SynthkilnError(f"{self.path}: cannot read: {exc}") from None
+        if self.text_field is not None:
+            self._text_type(schema)
+        return schema.names
+
+    def _text_type(self, schema: pa.Schema) -> str:
+        """ "text", "binary" (decoded by the reader) or "null" (no value in the rows seen); else an error."""
+        if schema.get_field_index(self.text_field) < 0:
+            fields = ", ".join(schema.names)
+            raise SynthkilnError(
+                f"{self.path}: no field '{self.text_field}' (fields: {fields}); use --text-field"
+            )
+        kind = schema.field(self.text_field).type
+        if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            return "binary"
+        if pa.types.is_null(kind):
+            return "null"
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise SynthkilnError(f"{self.path}: field '{self.text_field}' holds {kind}, not text")
+        return "text"
 
     def table(self) -> pa.Table:
         """The whole file as one table."""
@@ -84,25 +105,30 @@ def _read_jsonl(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
         table = pa_json.read_json(path)
         table.validate(full=True)  # the reader passes invalid UTF-8 through; full validation catches it
     except pa.ArrowInvalid:
-        import gzip
-
-        opener = gzip.open if path.name.endswith(".gz") else open
-        rows = []
-        with opener(path, "rb") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                    raise SynthkilnError(f"{path}: line {number}: invalid JSON ({exc})") from None
-                if not isinstance(rows[-1], dict):
-                    raise SynthkilnError(f"{path}: line {number}: not a JSON object") from None
+        rows = list(_records(path))
         try:
             table = pa.Table.from_pylist(rows)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             raise SynthkilnError(_mixed_types(path, rows)) from None
     yield from table.to_batches(max_chunksize=batch_rows)
+
+
+def _records(path: Path) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a JSONL(.gz) file, one per non-blank line; a bad line is named."""
+    import gzip
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise SynthkilnError(f"{path}: line {number}: invalid JSON ({exc})") from None
+            if not isinstance(record, dict):
+                raise SynthkilnError(f"{path}: line {number}: not a JSON object")
+            yield record
 
 
 def _mixed_types(path: Path, rows: list[dict[str, Any]]) -> str:
@@ -161,10 +187,9 @@ def check_fields(sources: list[Source], fields: dict[str, str]) -> None:
     dotted name is checked by its first part), and the text field is text: checked for all inputs
     before anything is written."""
     for source in sources:
-        first = next(iter(source.batches(1)), None)  # also checks the text field's type
-        if first is None:
+        names = source.field_names()
+        if names is None:
             continue  # an empty file contributes no rows
-        names = first.schema.names
         missing = [(f, option) for f, option in fields.items() if f.split(".", 1)[0] not in names]
         if missing:
             named = ", ".join(f"'{f}' (from {option})" for f, option in missing)
