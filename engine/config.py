@@ -162,6 +162,12 @@ class VLLMTeacherConfig(_TeacherBase):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory vLLM may take.")
     max_model_len: int | None = Field(None, ge=16, description="Context length cap (saves KV-cache memory).")
     enforce_eager: bool = Field(False, description="Disable CUDA graphs (always on for the CPU build).")
+    replicas: int = Field(
+        1,
+        ge=1,
+        description="Engines behind this teacher (data parallel on one node), each its own process on "
+        "its own `tensor_parallel_size` GPUs (on CPU hosts, its own share of the cores).",
+    )
 
 
 class OpenAITeacherConfig(_TeacherBase):
@@ -207,7 +213,17 @@ class GenerationConfig(_Strict):
         description="`all`: every sample passing all stages; `first`: the first passing one per prompt.",
     )
     batch_size: int = Field(
-        16, ge=1, description="Prompts per generation step (also the resume granularity)."
+        16,
+        ge=1,
+        description="Prompts per window: the stages see finished rows this many prompts at a time, in "
+        "seed order. Teachers do not wait for a window: they stream (see `max_in_flight`).",
+    )
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="Requests (prompts) each teacher holds at once; default: what fills its engine "
+        "(vLLM: max_num_seqs per replica over samples_per_prompt; transformers: two batches; "
+        "OpenAI-compatible: its concurrency).",
     )
 
 

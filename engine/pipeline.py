@@ -1,10 +1,21 @@
 """The pipeline: seeds -> task prompts -> teachers -> stages -> dataset directory.
 
-The teacher generates on the calling thread while a worker thread runs the stages over the previous
-step (at most `_IN_FLIGHT` steps wait there: backpressure). Generation stays on the calling thread
-because torch's CPU kernels ran ~28% slower when called from a second thread here. A step is
-a fixed window of `generation.batch_size` consecutive prompts; windows are cut before finished
-prompts are skipped, so a resumed run batches the remaining prompts exactly as a clean run did.
+Three parts run side by side, joined by bounded hand-offs, so that the teachers never wait for a batch
+to drain, a prompt to render or a shard to commit:
+
+- the feeder thread reads and renders seed rows, screens the prompts (context fit, prompt stages)
+  and hands each prompt to the driver of its teacher (`engine/generation.py`);
+- one driver thread per teacher keeps it filled up to `max_in_flight` requests and hands back each
+  prompt's samples as soon as they finish, in any order;
+- the calling thread takes the prompts back in seed order, a window (`generation.batch_size`
+  consecutive prompts) at a time, runs the stages over the window's rows and commits them.
+
+The feeder may run ahead of the commits by a fixed number of prompts (`_Room`): when the stages fall
+behind, it waits, the teachers run dry, and the run reports the stage that held it back.
+
+Windows are cut in seed order before finished prompts are skipped, and the stages see them in that
+order whatever order the teachers finish in: a run's rows, their order and its shards do not depend on
+timing, and a resumed run batches the remaining prompts exactly as a clean run did.
 
 What is done is decided per sample, from the committed shards (see :class:`_Progress`): a prompt is
 done when each of its samples has a committed row; a prompt cut at `--limit` has only some, and a
@@ -18,11 +29,12 @@ import hashlib
 import importlib.metadata
 import os
 import platform
+import queue
 import re
+import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,14 +44,22 @@ from tqdm.auto import tqdm
 
 from synthkiln.engine.config import Recipe, load_recipe, recipe_from_dict
 from synthkiln.engine.errors import RecipeError, SeedsError
+from synthkiln.engine.generation import Job, TeacherDriver
 from synthkiln.engine.output.writer import SEEDS_STAGE, DatasetWriter
 from synthkiln.engine.schema import ROW_SCHEMA, conform, rejected_schema, with_fields
 from synthkiln.engine.seeds import SeedRow, count_seeds, describe_seeds, read_seeds
 from synthkiln.engine.stages import Stage, default_prompt_stages, default_stages
 from synthkiln.engine.tasks import Prompt, ResponseParseError, SeedRowError, Task, build_task
-from synthkiln.engine.teachers import Completion, GenerationRequest, Teacher, build_teacher, sample_seed
+from synthkiln.engine.teachers import (
+    Completion,
+    Finished,
+    GenerationRequest,
+    Teacher,
+    build_teachers,
+    sample_seed,
+)
 
-_IN_FLIGHT = 1
+_WAIT_S = 0.1  # how often a waiting thread checks whether the others failed or stopped
 # A task failing identically on each of this many first seed rows is a recipe error, not bad rows.
 _RECIPE_CHECK_ROWS = 8
 
@@ -98,9 +118,74 @@ class _Window:
 @dataclass
 class _Generated:
     window: _Window
-    completions: list[tuple[Teacher, list[Completion]]]  # per prompt, in window order
+    finished: list[tuple[Teacher, Finished]]  # per prompt, in window order
     generation_seconds: float
     device_seconds: float
+
+
+class _Room:
+    """How many prompts the feeder may hand out before their windows are committed (backpressure)."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._changed = threading.Condition()
+        self.waited_s = 0.0  # the feeder held back: the stages or commits were behind
+
+    def take(self, stop: threading.Event) -> bool:
+        """One prompt's room, once there is some; False when the run stops first."""
+        with self._changed:
+            started = None
+            while self._free == 0:
+                if stop.is_set():
+                    return False
+                started = started or time.monotonic()
+                self._changed.wait(_WAIT_S)
+            if started is not None:
+                self.waited_s += time.monotonic() - started
+            self._free -= 1
+            return True
+
+    def give(self, count: int) -> None:
+        with self._changed:
+            self._free += count
+            self._changed.notify_all()
+
+
+class _Feeder(threading.Thread):
+    """Renders and screens windows of prompts and hands each prompt to its teacher's driver; then
+    queues the window, so that every prompt of a queued window is on its way."""
+
+    def __init__(self, pipeline: Pipeline, done: _Progress, drivers: list[TeacherDriver], room: _Room):
+        super().__init__(name="synthkiln-feeder", daemon=True)
+        self.pipeline, self.done, self.drivers, self.room = pipeline, done, drivers, room
+        self.windows: queue.SimpleQueue[_Window | None] = queue.SimpleQueue()  # None: no more
+        self.finished: queue.SimpleQueue[Finished] = queue.SimpleQueue()
+        self.stop = threading.Event()
+        self.failure: BaseException | None = None
+        self.busy_s = 0.0
+
+    def run(self) -> None:
+        started = time.monotonic()
+        pipeline = self.pipeline
+        n, sampling = pipeline.recipe.generation.samples_per_prompt, pipeline.recipe.sampling
+        try:
+            for window in pipeline._windows(self.done):
+                for prompt in window.prompts:
+                    if not self.room.take(self.stop):
+                        return
+                    seed = sample_seed(pipeline.recipe.seed, prompt.prompt_id)
+                    request = GenerationRequest(prompt.messages, n, seed, key=prompt.prompt_id)
+                    self.drivers[pipeline._teacher_for(prompt.prompt_id)].put(
+                        Job(request, sampling, self.finished.put)
+                    )
+                self.windows.put(window)
+                if self.stop.is_set():
+                    return
+        except BaseException as exc:  # raised on the calling thread
+            self.failure = exc
+        finally:
+            self.busy_s = time.monotonic() - started - self.room.waited_s
+            self.windows.put(None)
 
 
 @dataclass
@@ -128,13 +213,15 @@ class Pipeline:
     ):
         self.recipe = recipe
         self.task: Task = build_task(recipe.task)
-        self.stages = stages if stages is not None else default_stages(recipe)
+        self.stages = stages if stages is not None else default_stages(recipe, self.shared_teacher)
         # Run on rendered prompts (a `prompt` column) before generation; what they reject is never sent.
         self.prompt_stages = prompt_stages if prompt_stages is not None else default_prompt_stages(recipe)
         every = self.prompt_stages + self.stages
         self.schema = with_fields(ROW_SCHEMA, [field for stage in every for field in stage.fields])
         self._teachers = teachers
         self._owns_teachers = teachers is None  # teachers passed in are the caller's to close
+        self._drivers: list[TeacherDriver] | None = None
+        self.run_stats: dict[str, Any] = {}  # the last run's parts: occupancy, waits, bottleneck
 
     @classmethod
     def from_recipe(
@@ -149,14 +236,36 @@ class Pipeline:
 
     @property
     def teachers(self) -> list[Teacher]:
-        """The teachers, loaded on first use."""
+        """The teachers, loaded on first use. Once generation starts, their drivers own them: use
+        `drivers` (whose `generate` is safe from any thread) rather than a teacher directly."""
         if self._teachers is None:
-            self._teachers = []
-            for config in self.recipe.teachers:
-                self._teachers.append(build_teacher(config))
+            self._teachers = build_teachers(self.recipe.teachers)
         return self._teachers
 
+    @property
+    def drivers(self) -> list[TeacherDriver]:
+        """One driver thread per teacher (see `engine/generation.py`), started on first use."""
+        if self._drivers is None:
+            max_in_flight = self.recipe.generation.max_in_flight
+            n = self.recipe.generation.samples_per_prompt
+            self._drivers = [
+                TeacherDriver(teacher, max_in_flight or max(1, teacher.default_in_flight // n))
+                for teacher in self.teachers
+            ]
+        return self._drivers
+
+    def shared_teacher(self, label: str) -> TeacherDriver:
+        """The driver of the recipe's teacher named `label`: verifiers that judge with a model the
+        pipeline serves share its engine instead of loading a second copy."""
+        labels = [config.label for config in self.recipe.teachers]
+        if label not in labels:
+            raise RecipeError(f"a verifier names teacher '{label}'; the recipe's teachers are {labels}")
+        return self.drivers[labels.index(label)]
+
     def close(self) -> None:
+        for driver in self._drivers or []:
+            driver.close()
+        self._drivers = None
         for stage in self.prompt_stages + self.stages:
             stage.close()
         if self._owns_teachers:
@@ -212,6 +321,7 @@ class Pipeline:
         hashes are then recorded).
         """
         self._check_seeds()  # before the directory is touched: a recipe error leaves nothing to clean
+        self.run_stats = {}
         out_dir = Path(out_dir) if out_dir is not None else self.recipe.output_dir
         # `_run_info` loads the teachers: called by the writer once the directory is ours.
         writer = DatasetWriter(out_dir, self.recipe, self._run_info, self.schema, fresh, allow_changed_inputs)
@@ -244,6 +354,8 @@ class Pipeline:
         finally:
             if bar is not None:
                 bar.close()
+            if self.run_stats:  # this session's parts (a resumed run reports its own)
+                writer.manifest["pipeline"] = self.run_stats
             manifest = writer.close(complete, stopped)
         return manifest
 
@@ -269,31 +381,103 @@ class Pipeline:
         ]
         window = _Window(rendered, finished=0)
         window.prompts = self._fitting(window)
-        generated = self._generate(window, samples_per_prompt)
-        step = self._curate(generated)
+        results: queue.SimpleQueue[Finished] = queue.SimpleQueue()
+        started = [d.occupancy.busy_seconds() for d in self.drivers]
+        for prompt in window.prompts:
+            request = GenerationRequest(
+                prompt.messages,
+                samples_per_prompt,
+                sample_seed(self.recipe.seed, prompt.prompt_id),
+                prompt.prompt_id,
+            )
+            self.drivers[self._teacher_for(prompt.prompt_id)].put(
+                Job(request, self.recipe.sampling, results.put)
+            )
+        finished: dict[str, Finished] = {}
+        while len(finished) < len(window.prompts):
+            try:
+                result = results.get(timeout=_WAIT_S)
+            except queue.Empty:
+                for driver in self.drivers:
+                    driver.check()
+                continue
+            finished[result.key] = result
+        spent = [d.occupancy.busy_seconds() - s for d, s in zip(self.drivers, started, strict=True)]
+        paired = [
+            (self.teachers[self._teacher_for(p.prompt_id)], finished[p.prompt_id]) for p in window.prompts
+        ]
+        generated = _Generated(window, paired, sum(spent), sum(spent))
+        step = self._curate(generated, Counter())
         return pa.Table.from_batches([step.kept], self.schema)
 
     # -- the flow ------------------------------------------------------------------------------
 
     def _steps(self, done: _Progress, bar: tqdm | None = None) -> Iterator[StepResult]:
-        n = self.recipe.generation.samples_per_prompt
-        with ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="synthkiln-curate", initializer=_share_cores_with_teacher
-        ) as curator:
-            in_flight: deque[Future[StepResult]] = deque()
-            for window in self._windows(done):
+        """The windows' curated rows, in seed order, while the teachers stream (see the module
+        docstring); the run's numbers end in `self.run_stats`."""
+        started = time.monotonic()
+        drivers = self.drivers
+        teachers = [driver.teacher for driver in drivers]
+        # Room for every teacher to be full twice over (prompts finished early wait for the older
+        # ones of their window) plus the window being curated.
+        room = _Room(2 * sum(d.max_in_flight for d in drivers) + self.recipe.generation.batch_size)
+        feeder = _Feeder(self, done, drivers, room)
+        stage_s: Counter[str] = Counter()
+        busy_before = [d.occupancy.busy_seconds() for d in drivers]
+        finished: dict[str, Finished] = {}
+        threads = _share_cores_with_teacher()
+        feeder.start()
+        try:
+            while (window := self._wait(feeder.windows, feeder)) is not None:
                 if bar is not None:
                     bar.update(window.finished)
                 if not (window.prompts or window.quarantined):
                     continue
-                generated = self._generate(window, n)
+                for prompt in window.prompts:
+                    while prompt.prompt_id not in finished:
+                        result = self._wait(feeder.finished, feeder)
+                        finished[result.key] = result
+                paired = [
+                    (teachers[self._teacher_for(p.prompt_id)], finished.pop(p.prompt_id))
+                    for p in window.prompts
+                ]
+                busy = [d.occupancy.busy_seconds() for d in drivers]
+                spent = [now - before for now, before in zip(busy, busy_before, strict=True)]
+                busy_before = busy
+                generated = _Generated(
+                    window,
+                    paired,
+                    sum(spent),
+                    sum(s * t.devices for s, t in zip(spent, teachers, strict=True)),
+                )
+                step = self._curate(generated, stage_s)
                 if bar is not None:
                     bar.update(len(window.prompts))
-                in_flight.append(curator.submit(self._curate, generated))
-                while len(in_flight) > _IN_FLIGHT or (in_flight and in_flight[0].done()):
-                    yield in_flight.popleft().result()
-            while in_flight:
-                yield in_flight.popleft().result()
+                committing = time.monotonic()
+                yield step  # the caller commits it
+                stage_s["commit"] += time.monotonic() - committing
+                room.give(len(window.prompts))
+            if feeder.failure is not None:
+                raise feeder.failure
+        finally:
+            feeder.stop.set()
+            feeder.join()
+            for driver in drivers:
+                driver.cancel()
+            _restore_threads(threads)
+            self.run_stats = _run_stats(time.monotonic() - started, drivers, feeder, room, stage_s)
+
+    def _wait(self, source: queue.SimpleQueue, feeder: _Feeder) -> Any:
+        """The next item of `source`, raising a teacher's or the feeder's failure instead of waiting
+        forever for what they will not send."""
+        while True:
+            try:
+                return source.get(timeout=_WAIT_S)
+            except queue.Empty:
+                for driver in self.drivers:
+                    driver.check()
+                if feeder.failure is not None:
+                    raise feeder.failure from None
 
     def _windows(self, done: _Progress) -> Iterator[_Window]:
         size = self.recipe.generation.batch_size
@@ -429,31 +613,6 @@ class Pipeline:
             )
         return fitting
 
-    def _generate(self, window: _Window, n: int) -> _Generated:
-        teachers = self.teachers
-        assignments = [self._teacher_for(p.prompt_id) for p in window.prompts]
-        results: list[list[Completion] | None] = [None] * len(window.prompts)
-        generation_s = device_s = 0.0
-        for t_index, teacher in enumerate(teachers):
-            mine = [i for i, assigned in enumerate(assignments) if assigned == t_index]
-            if not mine:
-                continue
-            requests = [
-                GenerationRequest(
-                    window.prompts[i].messages, n, sample_seed(self.recipe.seed, window.prompts[i].prompt_id)
-                )
-                for i in mine
-            ]
-            started = time.perf_counter()
-            completions = teacher.generate(requests, self.recipe.sampling)
-            elapsed = time.perf_counter() - started
-            generation_s += elapsed
-            device_s += elapsed * teacher.devices
-            for i, samples in zip(mine, completions, strict=True):
-                results[i] = samples
-        paired = [(teachers[a], r) for a, r in zip(assignments, results, strict=True) if r is not None]
-        return _Generated(window, paired, generation_s, device_s)
-
     def _teacher_for(self, prompt_id: str) -> int:
         weights = [t.weight for t in self.recipe.teachers]
         point = int(prompt_id[:8], 16) / 0x100000000 * sum(weights)
@@ -463,12 +622,23 @@ class Pipeline:
                 return index
         return len(weights) - 1
 
-    def _curate(self, generated: _Generated) -> StepResult:
+    def _curate(self, generated: _Generated, stage_s: Counter[str]) -> StepResult:
         window = generated.window
         rows, unparsed = [], []
-        for prompt, (teacher, samples) in zip(window.prompts, generated.completions, strict=True):
+        for prompt, (teacher, finished) in zip(window.prompts, generated.finished, strict=True):
+            if finished.refused is not None:  # this request alone: the run goes on
+                detail = f"{_where(prompt.seed_source, prompt.seed_row)}: teacher '{teacher.name}': {finished.refused}"
+                window.quarantined.append(
+                    {
+                        **_prompt_row(prompt),
+                        "stage": SEEDS_STAGE,
+                        "reason": "teacher-refused",
+                        "detail": detail,
+                    }
+                )
+                continue
             committed = window.committed.get(prompt.prompt_id, frozenset())
-            for index, completion in enumerate(samples):
+            for index, completion in enumerate(finished.completions):
                 if index in committed:  # an earlier run committed it (a prompt cut at --limit)
                     continue
                 row, problem = self._row(prompt, teacher, index, completion)
@@ -479,7 +649,9 @@ class Pipeline:
         kept = pa.RecordBatch.from_pylist(rows, ROW_SCHEMA)
         rejected = [pa.RecordBatch.from_pylist(window.quarantined + unparsed, rejected_schema(self.schema))]
         for stage in self.stages:
+            began = time.monotonic()
             kept, dropped = stage.process(kept)
+            stage_s[stage.name] += time.monotonic() - began
             rejected.append(dropped)
         kept = conform(kept, self.schema)
         full = rejected_schema(self.schema)
@@ -563,12 +735,61 @@ class Pipeline:
         }
 
 
-def _share_cores_with_teacher() -> None:
+def _share_cores_with_teacher() -> int:
+    """Give the stages' kernels (on this thread) half the cores; return what they had."""
     # Stages run while the teacher generates: with every core on a kernel, both slow down (measured
     # 0.81x of raw generation on 2 cores with dedup on), so the stages' kernels take half the cores.
+    from synthkiln.kernels.minhash import get_threads, set_threads
+
+    before = get_threads()
+    set_threads(max(1, (os.cpu_count() or 1) // 2))
+    return before
+
+
+def _restore_threads(count: int) -> None:
     from synthkiln.kernels.minhash import set_threads
 
-    set_threads(max(1, (os.cpu_count() or 1) // 2))
+    set_threads(count)
+
+
+def _run_stats(
+    wall_s: float, drivers: list[TeacherDriver], feeder: _Feeder, room: _Room, stage_s: Counter[str]
+) -> dict[str, Any]:
+    """How the run's parts spent its wall time, and which one held it back (see `bottleneck`)."""
+    teachers = {driver.teacher.name: driver.stats() for driver in drivers}
+    generated = sum(t["completion_tokens"] for t in teachers.values())
+    stats = {
+        "wall_seconds": round(wall_s, 3),
+        "tokens_per_second": round(generated / wall_s, 1) if wall_s > 0 else None,
+        "teachers": teachers,
+        "feeder": {
+            "busy_seconds": round(feeder.busy_s, 3),
+            "waited_for_room_seconds": round(room.waited_s, 3),
+        },
+        "curation_seconds": {name: round(seconds, 3) for name, seconds in stage_s.most_common()},
+    }
+    stats["bottleneck"] = bottleneck(stats)
+    return stats
+
+
+def bottleneck(stats: dict[str, Any]) -> dict[str, Any]:
+    """Which part held generation back, and for how long.
+
+    The feeder waiting for room means rows were generated faster than the calling thread curated and
+    committed them: the slowest of those (a stage, or the commit) held the teachers back for that long.
+    Otherwise, teachers idle for a good share of the run while seeds were left means the feeder
+    (reading, rendering, screening prompts) could not keep up. Else the teachers themselves bound the
+    run, which is what a fed GPU looks like.
+    """
+    wall = stats["wall_seconds"] or 0.0
+    held = stats["feeder"]["waited_for_room_seconds"]
+    if wall and held > 0.05 * wall and stats["curation_seconds"]:
+        slowest = max(stats["curation_seconds"].items(), key=lambda item: item[1])[0]
+        return {"part": f"stage:{slowest}", "seconds": round(held, 3)}
+    idle = max((wall * (1 - (t["busy_share"] or 0.0)) for t in stats["teachers"].values()), default=0.0)
+    if wall and idle > 0.1 * wall and stats["feeder"]["busy_seconds"] > 0.5 * wall:
+        return {"part": "feeder", "seconds": round(idle, 3)}
+    return {"part": "teachers", "seconds": 0.0}
 
 
 def _within(step: StepResult, room: int) -> StepResult:

@@ -286,5 +286,10 @@ def _permute_kernel(h, offsets, a, b, out):
 
 
 def set_threads(count: int) -> None:
-    """Numba worker threads for the kernels (benchmarks compare 1 and 2)."""
+    """Numba worker threads for the kernels on the calling thread (benchmarks compare 1 and 2)."""
     numba.set_num_threads(count)
+
+
+def get_threads() -> int:
+    """Numba worker threads the kernels use on the calling thread."""
+    return numba.get_num_threads()

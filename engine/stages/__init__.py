@@ -7,6 +7,9 @@ stages a recipe asks for, in order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from synthkiln.engine.config import Recipe
 from synthkiln.engine.stages.base import FilterStage, Stage, StageStats, set_column
 from synthkiln.engine.stages.filters import (
@@ -21,8 +24,9 @@ from synthkiln.engine.stages.filters import (
 __all__ = ["FilterStage", "Stage", "StageStats", "default_prompt_stages", "default_stages", "set_column"]
 
 
-def default_stages(recipe: Recipe) -> list[Stage]:
-    """The stages a recipe asks for, cheapest first."""
+def default_stages(recipe: Recipe, served_teacher: Callable[[str], Any] | None = None) -> list[Stage]:
+    """The stages a recipe asks for, cheapest first. `served_teacher(label)` gives the pipeline's
+    driver of a recipe teacher, which model-judging verifiers share (see `build_verifier`)."""
     filters = recipe.filters
     stages: list[Stage] = [EmptyResponse()]
     if filters.unterminated:
@@ -38,9 +42,12 @@ def default_stages(recipe: Recipe) -> list[Stage]:
         index = ContaminationIndex.for_config(recipe.decontaminate)
         stages.append(Decontaminate(index, recipe.decontaminate.text_field))
     if recipe.verify.verifiers:
-        from synthkiln.engine.stages.verify import Verify
+        from synthkiln.engine.stages.verify import ServedTeachers, Verify
 
-        stages.append(Verify.from_config(recipe.verify, recipe.teachers[0].model_dump()))
+        served = None
+        if served_teacher is not None:
+            served = ServedTeachers([t.label for t in recipe.teachers], served_teacher)
+        stages.append(Verify.from_config(recipe.verify, served))
     if recipe.generation.keep == "first":
         stages.append(FirstPerPrompt())
     if recipe.dedup.enabled:  # last: its index must hold exactly the accepted rows

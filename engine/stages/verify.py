@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,25 +29,28 @@ _RENAMED = {"field": "field_name"}  # recipe/CLI spelling -> constructor argumen
 def build_verifier(
     name: str,
     options: dict[str, Any],
-    default_teacher: dict[str, Any] | None = None,
+    served: ServedTeachers | None = None,
     ignore_unknown: bool = False,
 ) -> Verifier:
-    """A verifier from its name and options (`schema_file` is read as JSON for json-schema; `teacher`, a
-    teacher table, becomes the judge of `judge` and `knowledge-base`). Unknown options are an error,
-    unless `ignore_unknown` (the CLI offers one set of options to every verifier named)."""
+    """A verifier from its name and options (`schema_file` is read as JSON for json-schema).
+
+    `judge` and `knowledge-base` judge with a model: `teacher` names one the pipeline already serves
+    (its label, in `served`: its engine is shared, not loaded twice; without `teacher`, the recipe's
+    first) or is a teacher table of their own (loaded for them, with its own memory share). Unknown
+    options are an error, unless `ignore_unknown` (the CLI offers one set of options to every verifier
+    named)."""
     if name not in VERIFIERS:
         raise SynthkilnError(f"unknown verifier {name!r} (known: {', '.join(sorted(VERIFIERS))})")
     options = {_RENAMED.get(k, k): v for k, v in options.items() if k != "name"}
     if name in ("judge", "knowledge-base"):
-        teacher = _teacher(options.pop("teacher", None) or default_teacher or {"backend": "transformers"})
-        generate = _generate(teacher, options.pop("max_tokens", 96))
+        generate, release = _judge_model(
+            name, options.pop("teacher", None), served, options.pop("max_tokens", 96)
+        )
         if name == "judge":
-            options.update(generate=generate, release=teacher.close)
+            options.update(generate=generate, release=release)
         else:
             try:
-                options["judge"] = Judge(
-                    generate, threshold=options.pop("threshold", 7), release=teacher.close
-                )
+                options["judge"] = Judge(generate, threshold=options.pop("threshold", 7), release=release)
             except VerifierError as exc:
                 raise SynthkilnError(f"verifier {name}: {exc}") from None
     if name == "json-schema" and "schema_file" in options:
@@ -67,6 +72,36 @@ def build_verifier(
         raise SynthkilnError(f"verifier {name}: {type(exc).__name__}: {exc}") from None
 
 
+@dataclass(frozen=True)
+class ServedTeachers:
+    """The teachers a pipeline serves: `resolve(label)` gives one's thread-safe `generate` owner."""
+
+    labels: list[str]
+    resolve: Callable[[str], Any]
+
+
+def _judge_model(
+    name: str, teacher: str | dict[str, Any] | None, served: ServedTeachers | None, max_tokens: int
+) -> tuple[Callable[[list[str]], list[str]], Callable[[], None]]:
+    """The judge's `generate` and what releases its model: a served teacher's engine (nothing to
+    release: the pipeline owns it) or a teacher of its own."""
+    if isinstance(teacher, str) or (teacher is None and served is not None):
+        if served is None:
+            raise SynthkilnError(
+                f"verifier {name}: teacher '{teacher}' names a recipe teacher, and there is no recipe here; "
+                "give a teacher table instead"
+            )
+        label = teacher or served.labels[0]
+        if label not in served.labels:
+            raise SynthkilnError(
+                f"verifier {name}: teacher '{label}' is not one of the recipe's teachers {served.labels}"
+            )
+        # Resolved at the first judgement: the served teachers load after the stages are built.
+        return _generate(lambda: served.resolve(label), max_tokens), lambda: None
+    own = _teacher(teacher or {"backend": "transformers"})
+    return _generate(lambda: own, max_tokens), own.close
+
+
 def _teacher(config: dict[str, Any]) -> Any:
     from pydantic import TypeAdapter, ValidationError
 
@@ -79,8 +114,8 @@ def _teacher(config: dict[str, Any]) -> Any:
         raise SynthkilnError(f"judge teacher {config}: {exc.errors()[0]['msg']}") from None
 
 
-def _generate(teacher: Any, max_tokens: int) -> Any:
-    """The judge's `generate`: each prompt as one user turn to `teacher`, one greedy reply each."""
+def _generate(teacher: Callable[[], Any], max_tokens: int) -> Callable[[list[str]], list[str]]:
+    """The judge's `generate`: each prompt as one user turn to `teacher()`, one greedy reply each."""
     from synthkiln.engine.config import SamplingConfig
     from synthkiln.engine.teachers import GenerationRequest
 
@@ -88,7 +123,7 @@ def _generate(teacher: Any, max_tokens: int) -> Any:
 
     def generate(prompts: list[str]) -> list[str]:
         requests = [GenerationRequest([{"role": "user", "content": prompt}]) for prompt in prompts]
-        return [replies[0].text for replies in teacher.generate(requests, sampling)]
+        return [replies[0].text for replies in teacher().generate(requests, sampling)]
 
     return generate
 
@@ -150,8 +185,8 @@ class Verify(Stage):
         self.sandbox = pool.describe()
 
     @classmethod
-    def from_config(cls, config: VerifyConfig, default_teacher: dict[str, Any] | None = None) -> Verify:
-        verifiers = [build_verifier(v.name, v.model_dump(), default_teacher) for v in config.verifiers]
+    def from_config(cls, config: VerifyConfig, served: ServedTeachers | None = None) -> Verify:
+        verifiers = [build_verifier(v.name, v.model_dump(), served) for v in config.verifiers]
         return cls(verifiers, build_pool(config))
 
     def process(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch]:

@@ -1,16 +1,24 @@
-"""Teachers: requests in, completions out (text, token counts, finish reason, timing).
+"""Teachers: requests in, completions out (text, token counts, finish reason), continuously.
 
-Every backend implements :class:`Teacher`; the pipeline never knows which one it talks to.
+Every backend implements :class:`Teacher`; the pipeline never knows which one it talks to. A teacher
+streams: `submit` hands it a request at any time, `poll` advances generation and returns the requests
+that finished, in whatever order they finish, so the caller can keep the engine full (vLLM's
+continuous batching) instead of waiting for the slowest sample of a fixed batch. `generate` is the
+blocking convenience over the two (tests, judges, warm-up).
+
+A teacher is driven by one thread at a time; sharing one between threads goes through the
+pipeline's driver (see `engine/drive.py`).
 """
 
 from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from synthkiln.engine.config import SamplingConfig, TeacherConfig
+from synthkiln.engine.errors import TeacherError
 
 
 @dataclass(frozen=True)
@@ -20,6 +28,7 @@ class GenerationRequest:
     messages: list[dict[str, str]]
     n: int = 1
     seed: int = 0
+    key: str = ""  # names the request in its `Finished`; unique among the requests in flight
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,24 @@ class Completion:
     finish_reason: str  # "stop" (end of sequence or a stop string) or "length" (hit max_tokens)
     prompt_tokens: int
     completion_tokens: int
+
+
+class EngineDied(TeacherError):
+    """The teacher's engine stopped (a crashed or killed engine process); `restart` may bring it back."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A request that left the teacher: its `n` completions in order, or why the backend refused it.
+
+    `refused` is for this request alone (a prompt over the context, HTTP 400, a content filter): the
+    caller quarantines the prompt and goes on. A failure of the teacher itself (a dead engine, a bad
+    API key) is raised as a TeacherError instead.
+    """
+
+    key: str
+    completions: list[Completion]
+    refused: str | None = None
 
 
 # Backends without a tokenizer here estimate a prompt's tokens from its characters. English BPE text
@@ -49,9 +76,51 @@ class Teacher(ABC):
         self.name = name
         self.model = model
 
+    @property
     @abstractmethod
+    def default_in_flight(self) -> int:
+        """Requests worth keeping in flight to fill the engine (from its own limits)."""
+
+    @property
+    @abstractmethod
+    def in_flight(self) -> int:
+        """Requests submitted and not yet returned by `poll`."""
+
+    @abstractmethod
+    def submit(self, request: GenerationRequest, sampling: SamplingConfig) -> None:
+        """Start a request; its `key` must not be in flight already."""
+
+    @abstractmethod
+    def poll(self) -> list[Finished]:
+        """Advance generation and return the requests finished since the last call.
+
+        With requests in flight it blocks for about one engine step (or until one finishes); with
+        none it returns `[]` at once.
+        """
+
+    def abort(self) -> None:
+        """Drop every request in flight (their results are not wanted); here by finishing them."""
+        while self.in_flight:
+            self.poll()
+
+    def restart(self) -> None:
+        """Bring a dead engine back, its requests in flight submitted again; backends whose failures
+        are per request (HTTP) have nothing to restart."""
+        raise TeacherError(f"teacher '{self.name}' cannot be restarted")
+
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig) -> list[list[Completion]]:
-        """Return, for each request, its `n` completions in order."""
+        """Return, for each request, its `n` completions in order (blocking; a refusal raises)."""
+        keys = [f"generate-{index}" for index in range(len(requests))]
+        for key, request in zip(keys, requests, strict=True):
+            self.submit(replace(request, key=key), sampling)
+        finished: dict[str, Finished] = {}
+        while len(finished) < len(keys):
+            for result in self.poll():
+                finished[result.key] = result
+        refused = [result for result in finished.values() if result.refused is not None]
+        if refused:
+            raise TeacherError(f"teacher '{self.name}' refused a request: {refused[0].refused}")
+        return [finished[key].completions for key in keys]
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         """Tokens the prompt takes once templated; here estimated from its characters."""
@@ -77,8 +146,30 @@ def sample_seed(base_seed: int, prompt_id: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def build_teacher(config: TeacherConfig) -> Teacher:
-    """Instantiate the backend named by `config.backend` (imports it only then)."""
+def build_teachers(configs: list[TeacherConfig]) -> list[Teacher]:
+    """The teachers of a recipe. vLLM engines are placed on GPUs first (see `plan_gpus`), so a layout
+    that does not fit is refused before any model loads; on error, those already loaded are closed."""
+    from synthkiln.engine.teachers.vllm_teacher import gpu_count, plan_gpus
+
+    layout: list[list[list[int]] | None] = [None] * len(configs)
+    if any(config.backend == "vllm" for config in configs):
+        count = gpu_count()
+        if count is not None:
+            layout = plan_gpus(configs, count)
+    teachers: list[Teacher] = []
+    try:
+        for config, gpus in zip(configs, layout, strict=True):
+            teachers.append(build_teacher(config, gpus))
+    except BaseException:
+        for teacher in teachers:
+            teacher.close()
+        raise
+    return teachers
+
+
+def build_teacher(config: TeacherConfig, gpus: list[list[int]] | None = None) -> Teacher:
+    """Instantiate the backend named by `config.backend` (imports it only then); `gpus` places a vLLM
+    teacher's replicas."""
     if config.backend == "transformers":
         from synthkiln.engine.teachers.transformers_teacher import TransformersTeacher
 
@@ -86,7 +177,7 @@ def build_teacher(config: TeacherConfig) -> Teacher:
     if config.backend == "vllm":
         from synthkiln.engine.teachers.vllm_teacher import VLLMTeacher
 
-        return VLLMTeacher(config)
+        return VLLMTeacher(config, gpus)
     from synthkiln.engine.teachers.openai_teacher import OpenAITeacher
 
     return OpenAITeacher(config)
