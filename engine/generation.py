@@ -94,6 +94,7 @@ class TeacherDriver:
         self._cancel, self._cancelled = threading.Event(), threading.Event()
         self._failure: BaseException | None = None
         self._keys = itertools.count()
+        self._pending = 0  # requests in flight, as last seen by the driver thread
         self.occupancy = Occupancy()
         self.requests = self.refused = self.restarts = 0
         self.prompt_tokens = self.completion_tokens = 0
@@ -101,6 +102,11 @@ class TeacherDriver:
             target=self._loop, name=f"synthkiln-teacher-{teacher.name}", daemon=True
         )
         self._thread.start()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight and nothing waiting: the teacher is not generating."""
+        return self._pending == 0 and self._inbox.empty()
 
     def put(self, job: Job) -> None:
         self.check()
@@ -176,6 +182,7 @@ class TeacherDriver:
                     self.teacher.submit(job.request, job.sampling)
                     pending[job.request.key] = job
                     self.requests += 1
+                self._pending = len(pending)
                 self.occupancy.record(len(pending))
                 if not pending:
                     continue
@@ -188,6 +195,7 @@ class TeacherDriver:
                         self.completion_tokens += completion.completion_tokens
                     self.prompt_tokens += finished.completions[0].prompt_tokens if finished.completions else 0
                     job.deliver(finished)
+                self._pending = len(pending)
                 self.occupancy.record(len(pending))
         except BaseException as exc:  # raised to the pipeline by `check`
             self._failure = exc

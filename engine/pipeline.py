@@ -34,7 +34,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,22 +126,27 @@ class _Generated:
 class _Room:
     """How many prompts the feeder may hand out before their windows are committed (backpressure)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, starving: Callable[[], bool]) -> None:
         self._free = size
+        self._starving = starving  # whether a teacher has nothing to generate
         self._changed = threading.Condition()
-        self.waited_s = 0.0  # the feeder held back: the stages or commits were behind
+        # The feeder waited for room while a teacher had nothing to do: generation was held back by
+        # the stages or commits, not by the teachers' own pace.
+        self.held_s = 0.0
+        self.waited_s = 0.0
 
     def take(self, stop: threading.Event) -> bool:
         """One prompt's room, once there is some; False when the run stops first."""
         with self._changed:
-            started = None
             while self._free == 0:
                 if stop.is_set():
                     return False
-                started = started or time.monotonic()
+                began = time.monotonic()
                 self._changed.wait(_WAIT_S)
-            if started is not None:
-                self.waited_s += time.monotonic() - started
+                waited = time.monotonic() - began
+                self.waited_s += waited
+                if self._starving():
+                    self.held_s += waited
             self._free -= 1
             return True
 
@@ -420,7 +425,10 @@ class Pipeline:
         teachers = [driver.teacher for driver in drivers]
         # Room for every teacher to be full twice over (prompts finished early wait for the older
         # ones of their window) plus the window being curated.
-        room = _Room(2 * sum(d.max_in_flight for d in drivers) + self.recipe.generation.batch_size)
+        room = _Room(
+            2 * sum(d.max_in_flight for d in drivers) + self.recipe.generation.batch_size,
+            lambda: any(d.idle for d in drivers),
+        )
         feeder = _Feeder(self, done, drivers, room)
         stage_s: Counter[str] = Counter()
         busy_before = [d.occupancy.busy_seconds() for d in drivers]
@@ -765,6 +773,7 @@ def _run_stats(
         "feeder": {
             "busy_seconds": round(feeder.busy_s, 3),
             "waited_for_room_seconds": round(room.waited_s, 3),
+            "held_back_seconds": round(room.held_s, 3),
         },
         "curation_seconds": {name: round(seconds, 3) for name, seconds in stage_s.most_common()},
     }
@@ -775,14 +784,15 @@ def _run_stats(
 def bottleneck(stats: dict[str, Any]) -> dict[str, Any]:
     """Which part held generation back, and for how long.
 
-    The feeder waiting for room means rows were generated faster than the calling thread curated and
-    committed them: the slowest of those (a stage, or the commit) held the teachers back for that long.
+    The feeder waiting for room while a teacher had nothing to do means rows were generated faster
+    than the calling thread curated and committed them: the slowest of those (a stage, or the commit)
+    held the teachers back for that long.
     Otherwise, teachers idle for a good share of the run while seeds were left means the feeder
     (reading, rendering, screening prompts) could not keep up. Else the teachers themselves bound the
     run, which is what a fed GPU looks like.
     """
     wall = stats["wall_seconds"] or 0.0
-    held = stats["feeder"]["waited_for_room_seconds"]
+    held = stats["feeder"]["held_back_seconds"]
     if wall and held > 0.05 * wall and stats["curation_seconds"]:
         slowest = max(stats["curation_seconds"].items(), key=lambda item: item[1])[0]
         return {"part": f"stage:{slowest}", "seconds": round(held, 3)}

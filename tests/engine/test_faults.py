@@ -25,8 +25,8 @@ from tests.conftest import QUICK_INSTRUCTIONS, REPO, synthkiln_command, write_re
 
 pytestmark = pytest.mark.slow
 
-# One shard per row and one prompt per step: a commit after every prompt, so a kill can land
-# between any two of them.
+# One shard per row, one prompt per window and one in flight: a commit after every prompt, so a kill
+# can land between any two of them.
 RECIPE = """
 name = "faults"
 [seeds]
@@ -38,6 +38,7 @@ temperature = 0
 max_tokens = 8
 [generation]
 batch_size = 1
+max_in_flight = 1
 [filters]
 unterminated = false
 [output]

@@ -18,14 +18,14 @@ from synthkiln.engine import Pipeline, inputs
 from synthkiln.engine import pipeline as pipeline_module
 from synthkiln.engine import seeds as seeds_module
 from synthkiln.engine.cli import main
-from synthkiln.engine.config import SamplingConfig, recipe_from_dict
+from synthkiln.engine.config import recipe_from_dict
 from synthkiln.engine.errors import OutputError, RecipeError, SeedsError, SynthkilnError
 from synthkiln.engine.output.writer import DatasetWriter
 from synthkiln.engine.pipeline import StepResult, _Progress, _within
 from synthkiln.engine.seeds import describe_seeds
-from synthkiln.engine.teachers import Completion, GenerationRequest, Teacher
 from synthkiln.engine.teachers.openai_teacher import OpenAITeacher
 from tests.conftest import QUICK_INSTRUCTIONS
+from tests.engine.scripted import ScriptedTeacher
 
 RUN_INFO = {"teachers": [], "seeds": {}, "stages": [], "versions": {}}
 
@@ -175,30 +175,6 @@ def test_progress_counts_a_prompt_done_only_when_each_sample_is_committed() -> N
     assert progress.committed("cut") == {0, 1} and progress.committed("untouched") == frozenset()
     progress.add(pa.RecordBatch.from_pylist([{"prompt_id": "cut", "sample_index": 2}]))
     assert progress.done("cut")
-
-
-class ScriptedTeacher(Teacher):
-    """Answers each prompt with fixed samples, picked by a word of the prompt: runs are reproducible
-    whatever the batching, and the samples can be near-duplicates of each other on purpose."""
-
-    backend = "scripted"
-
-    def __init__(self, script: dict[str, list[str]]) -> None:
-        super().__init__("scripted", "scripted-model")
-        self.script = script
-        self.asked: list[str] = []
-
-    def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig) -> list[list[Completion]]:
-        answers = []
-        for request in requests:
-            key = next(k for k in self.script if k in request.messages[-1]["content"])
-            self.asked.append(key)
-            samples = self.script[key][: request.n]
-            answers.append([Completion(text, "stop", 7, len(text.split())) for text in samples])
-        return answers
-
-    def close(self) -> None:
-        pass
 
 
 # Prompt p1's sample 2 repeats its sample 0; p2's sample 2 repeats its sample 1; p3's are distinct.
@@ -446,7 +422,7 @@ def test_a_refused_directory_is_refused_before_the_teachers_load(
 ) -> None:
     loaded: list[object] = []
     monkeypatch.setattr(
-        pipeline_module, "build_teacher", lambda config: loaded.append(config) or ScriptedTeacher(SCRIPT)
+        pipeline_module, "build_teachers", lambda configs: loaded.extend(configs) or [ScriptedTeacher(SCRIPT)]
     )
     recipe = scripted_recipe(tmp_path)
     foreign = tmp_path / "hf-dataset"
