@@ -215,7 +215,32 @@ def format_funnel(manifest: dict[str, Any]) -> str:
         f"tokens    {manifest['tokens']['completion']:>8} generated; "
         f"{timing['generation_seconds']:.1f} s generating, {timing['wall_seconds']:.1f} s wall"
     )
+    lines.extend(format_occupancy(manifest.get("pipeline")))
     return "\n".join(lines)
+
+
+def format_occupancy(stats: dict[str, Any] | None) -> list[str]:
+    """Whether the teachers were fed this session: tokens/s, requests in flight, busy share, and
+    what held generation back."""
+    if not stats:
+        return []
+    lines = [f"generated {stats['tokens_per_second'] or 0:>8} tokens/s over {stats['wall_seconds']:.1f} s"]
+    for name, teacher in stats["teachers"].items():
+        if teacher["busy_share"] is None:
+            continue
+        lines.append(
+            f"  {name}: {teacher['mean_in_flight']} requests in flight on average (p10 "
+            f"{teacher['p10_in_flight']}, at most {teacher['max_in_flight']}), generating "
+            f"{100 * teacher['busy_share']:.0f}% of the time"
+        )
+    held = stats["bottleneck"]
+    if held["part"] == "teachers":
+        lines.append("bottleneck: the teachers (generation itself)")
+    elif held["part"] == "feeder":
+        lines.append(f"bottleneck: reading and rendering prompts; the teachers waited {held['seconds']:.1f} s")
+    else:
+        lines.append(f"bottleneck: {held['part']} held generation back for {held['seconds']:.1f} s")
+    return lines
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from synthkiln.engine import Pipeline
-from synthkiln.engine.config import VLLMTeacherConfig, recipe_from_dict
+from synthkiln.engine.config import SamplingConfig, VLLMTeacherConfig, recipe_from_dict
 from synthkiln.engine.errors import TeacherError
 from synthkiln.engine.generation import TeacherDriver
 from synthkiln.engine.stages import default_stages
@@ -189,7 +189,7 @@ def test_the_driver_serves_other_threads_while_the_pipeline_streams() -> None:
     driver = TeacherDriver(teacher)
     try:
         requests = [GenerationRequest([{"role": "user", "content": f"Rate {w}."}], n=2) for w in ("w00", "w01")]
-        answers = driver.generate(requests, recipe_from_dict(recipe(Path("."))).sampling)
+        answers = driver.generate(requests, SamplingConfig(temperature=0))
     finally:
         driver.close()
     assert [[c.text for c in samples] for samples in answers] == [SCRIPT["w00"], SCRIPT["w01"]]
