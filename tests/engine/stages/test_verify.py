@@ -10,10 +10,11 @@ import pytest
 
 from synthkiln.engine import Pipeline
 from synthkiln.engine.errors import SynthkilnError
-from synthkiln.engine.stages.verify import Verify, build_verifier
+from synthkiln.engine.stages import verify as verify_module
+from synthkiln.engine.stages.verify import ServedTeachers, Verify, build_verifier
 from synthkiln.verifiers import VerifierPool
 from synthkiln.verifiers.answers import answers_match, extract_final_answer
-from tests.conftest import REPO, synthkiln_command
+from tests.conftest import QUICK_INSTRUCTIONS, REPO, synthkiln_command
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +168,41 @@ def test_pipeline_runs_generated_code_against_carried_seed_tests(tmp_path: Path,
         assert verdict["passed"] == (row.get("stage") is None) == bool(row["verified"])
         if not verdict["passed"]:
             assert row["reason"].startswith("python-tests:")
+
+
+def test_a_judge_shares_the_engine_of_the_teacher_it_names(
+    tmp_path: Path, hf_teacher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def second_model(config: dict) -> None:
+        raise AssertionError(f"a second model was loaded for the judge: {config}")
+
+    monkeypatch.setattr(verify_module, "_teacher", second_model)
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"instruction": text}) + "\n" for text in QUICK_INSTRUCTIONS[:3]))
+    recipe = {
+        "name": "judged",
+        "seeds": {"path": str(seeds)},
+        "task": {"kind": "instruction"},
+        "sampling": {"temperature": 0, "max_tokens": 12},
+        "filters": {"unterminated": False, "refusal": False, "min_words": 1},
+        "dedup": {"enabled": False},
+        "verify": {"verifiers": [{"name": "judge", "teacher": "transformers", "threshold": 1}]},
+    }
+    with Pipeline.from_recipe(recipe, teachers=[hf_teacher]) as pipeline:
+        manifest = pipeline.run(tmp_path / "out", progress=False)
+    rows = [row for folder in ("data", "rejected") if (tmp_path / "out" / folder).exists()
+            for row in pq.read_table(tmp_path / "out" / folder).to_pylist()]  # fmt: skip
+    assert len(rows) == 3
+    assert all([v["verifier"] for v in row["verdicts"]] == ["judge"] for row in rows)
+    # Through the one driver: three prompts generated, then three judgements of them.
+    assert manifest["pipeline"]["teachers"]["transformers"]["requests"] == 6
+
+
+def test_a_judge_naming_a_teacher_the_recipe_lacks_is_refused() -> None:
+    served = ServedTeachers(["teacher-a"], lambda label: None)
+    with pytest.raises(
+        SynthkilnError, match=r"teacher 'nope' is not one of the recipe's teachers \['teacher-a'\]"
+    ):
+        build_verifier("judge", {"teacher": "nope"}, served)
+    with pytest.raises(SynthkilnError, match="there is no recipe here; give a teacher table"):
+        build_verifier("judge", {"teacher": "teacher-a"})
