@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -17,7 +20,7 @@ import pytest
 from synthkiln.engine.config import OpenAITeacherConfig, SamplingConfig
 from synthkiln.engine.errors import TeacherError
 from synthkiln.engine.pipeline import Pipeline
-from synthkiln.engine.teachers import GenerationRequest
+from synthkiln.engine.teachers import Finished, GenerationRequest
 from synthkiln.engine.teachers.openai_teacher import OpenAITeacher
 from tests.conftest import QUICK_INSTRUCTIONS, REPO
 
@@ -86,12 +89,14 @@ def vllm_server(vllm_python: str, embedded_model_dir: Path, tmp_path_factory) ->
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_openai_backend_against_vllm_serve(vllm_server: str, hf_teacher) -> None:
-    teacher = OpenAITeacher(
-        OpenAITeacherConfig(backend="openai", model="smollm2", base_url=vllm_server, concurrency=3)
-    )
+    config = OpenAITeacherConfig(backend="openai", model="smollm2", base_url=vllm_server, concurrency=3)
     requests = [GenerationRequest([{"role": "user", "content": t}], n=2, seed=5) for t in QUICK_INSTRUCTIONS]
     greedy = SamplingConfig(temperature=0, max_tokens=16)
-    served = teacher.generate(requests, greedy)
+    hot = SamplingConfig(temperature=1.0, max_tokens=16)
+    with OpenAITeacher(config) as teacher:
+        served = teacher.generate(requests, greedy)
+        # Per-request seeds: the same samples on a rerun.
+        assert teacher.generate(requests[:1], hot) == teacher.generate(requests[:1], hot)
     assert [len(samples) for samples in served] == [2] * len(requests)
     local = hf_teacher.generate(requests, greedy)
     for remote_samples, local_samples in zip(served, local, strict=True):
@@ -102,8 +107,6 @@ def test_openai_backend_against_vllm_serve(vllm_server: str, hf_teacher) -> None
                 mine.prompt_tokens,
             )
             assert remote.finish_reason == mine.finish_reason == "length"
-    hot = SamplingConfig(temperature=1.0, max_tokens=16)
-    assert teacher.generate(requests[:1], hot) == teacher.generate(requests[:1], hot)  # per-request seeds
 
 
 @pytest.mark.slow
@@ -137,6 +140,14 @@ def test_pipeline_mixes_local_and_served_teachers(
     assert manifest["teachers"][1]["base_url"] == vllm_server
 
 
+def reply(text: str = "fine", finish_reason: str = "stop") -> httpx.Response:
+    body = {
+        "choices": [{"message": {"content": text}, "finish_reason": finish_reason}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 1},
+    }
+    return httpx.Response(200, json=body)
+
+
 def scripted(statuses: list[int], seen: list[int]) -> httpx.MockTransport:
     """A remote server that answers with the given statuses in turn (outside our control, so faked)."""
 
@@ -145,11 +156,7 @@ def scripted(statuses: list[int], seen: list[int]) -> httpx.MockTransport:
         seen.append(status)
         if status != 200:
             return httpx.Response(status, json={"error": "scripted"}, headers={"retry-after": "0"})
-        body = {
-            "choices": [{"message": {"content": "fine"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 1},
-        }
-        return httpx.Response(200, json=body)
+        return reply()
 
     return httpx.MockTransport(answer)
 
@@ -163,22 +170,141 @@ def teacher_with(transport: httpx.MockTransport, retries: int = 3) -> OpenAITeac
     return teacher
 
 
+def prompt(request: httpx.Request) -> str:
+    return json.loads(request.content)["messages"][0]["content"]
+
+
+def ask(content: str, n: int = 1) -> GenerationRequest:
+    return GenerationRequest([{"role": "user", "content": content}], n=n, key=content)
+
+
+def poll_all(teacher: OpenAITeacher) -> dict[str, Finished]:
+    finished: dict[str, Finished] = {}
+    while teacher.in_flight:
+        finished.update((f.key, f) for f in teacher.poll())
+    return finished
+
+
+def poll_until_some(teacher: OpenAITeacher) -> list[Finished]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        finished = teacher.poll()
+        if finished:
+            return finished
+    raise AssertionError("nothing finished in 30 s")
+
+
 REQUEST = [GenerationRequest([{"role": "user", "content": "hi"}])]
+SAMPLING = SamplingConfig(max_tokens=4)
 
 
 def test_retries_429_and_5xx_then_succeeds() -> None:
     seen: list[int] = []
-    result = teacher_with(scripted([429, 503, 200], seen)).generate(REQUEST, SamplingConfig(max_tokens=4))
+    with teacher_with(scripted([429, 503, 200], seen)) as teacher:
+        result = teacher.generate(REQUEST, SAMPLING)
     assert seen == [429, 503, 200]
     assert result[0][0].text == "fine" and result[0][0].prompt_tokens == 7
 
 
-def test_gives_up_after_max_retries_and_does_not_retry_client_errors() -> None:
+def test_gives_up_after_max_retries() -> None:
     seen: list[int] = []
-    with pytest.raises(TeacherError, match=r"failed after 3 attempts \(last: HTTP 500"):
-        teacher_with(scripted([500], seen), retries=2).generate(REQUEST, SamplingConfig(max_tokens=4))
+    with (
+        teacher_with(scripted([500], seen), retries=2) as teacher,
+        pytest.raises(TeacherError, match=r"failed after 3 attempts \(last: HTTP 500"),
+    ):
+        teacher.generate(REQUEST, SAMPLING)
     assert len(seen) == 3
-    seen.clear()
-    with pytest.raises(TeacherError, match="answered HTTP 401"):
-        teacher_with(scripted([401], seen)).generate(REQUEST, SamplingConfig(max_tokens=4))
-    assert seen == [401]
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_does_not_retry_a_misconfigured_teacher(status: int) -> None:
+    seen: list[int] = []
+    with (
+        teacher_with(scripted([status], seen)) as teacher,
+        pytest.raises(TeacherError, match=f"answered HTTP {status}"),
+    ):
+        teacher.generate(REQUEST, SAMPLING)
+    assert seen == [status]
+
+
+@pytest.mark.parametrize(
+    ("refusal", "reason"),
+    [
+        (
+            lambda: httpx.Response(400, text="prompt is longer than the maximum context length"),
+            "HTTP 400: prompt is longer",
+        ),
+        (lambda: httpx.Response(422, json={"detail": "bad message"}), "HTTP 422: .*bad message"),
+        (lambda: reply("I cannot", finish_reason="content_filter"), "content filter"),
+    ],
+)
+def test_a_refused_request_finishes_refused_and_the_others_complete(
+    refusal: Callable[[], httpx.Response], reason: str
+) -> None:
+    calls: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(prompt(request))
+        return refusal() if prompt(request) == "bad" else reply(prompt(request))
+
+    with teacher_with(httpx.MockTransport(answer)) as teacher:
+        for request in [ask("one"), ask("bad", n=2), ask("two", n=2)]:
+            teacher.submit(request, SAMPLING)
+        finished = poll_all(teacher)
+        assert finished["bad"].completions == [] and re.match(reason, finished["bad"].refused or "")
+        assert [c.text for c in finished["one"].completions] == ["one"]
+        assert [c.text for c in finished["two"].completions] == ["two", "two"]
+        assert finished["one"].refused is None and finished["two"].refused is None
+        assert calls.count("bad") <= 2  # refusals are not retried
+        with pytest.raises(TeacherError, match="refused a request: " + reason):
+            teacher.generate([ask("bad")], SAMPLING)
+
+
+def test_requests_come_back_as_they_finish_and_submit_works_while_others_run() -> None:
+    release = threading.Event()  # the slow request answers only once the test lets it
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        while prompt(request) == "slow" and not release.is_set():
+            await asyncio.sleep(0.01)
+        return reply(prompt(request))
+
+    with teacher_with(httpx.MockTransport(answer)) as teacher:
+        assert teacher.poll() == [] and teacher.default_in_flight == 16  # twice the concurrency of 8
+        teacher.submit(ask("slow"), SAMPLING)
+        teacher.submit(ask("fast"), SAMPLING)
+        assert teacher.in_flight == 2
+        assert [f.key for f in poll_until_some(teacher)] == ["fast"]
+        teacher.submit(ask("later", n=3), SAMPLING)
+        later = poll_until_some(teacher)
+        assert [f.key for f in later] == ["later"] and len(later[0].completions) == 3
+        waited = time.monotonic()
+        assert teacher.poll() == [] and teacher.in_flight == 1
+        assert time.monotonic() - waited < 1  # a poll hands control back while requests run
+        release.set()
+        assert [(f.key, f.completions[0].text) for f in poll_until_some(teacher)] == [("slow", "slow")]
+        assert teacher.in_flight == 0 and teacher.poll() == []
+
+
+def test_abort_and_close_cancel_what_is_in_flight_and_stop_the_loop() -> None:
+    started, cancelled = threading.Event(), threading.Event()
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return reply()
+
+    teacher = teacher_with(httpx.MockTransport(hang))
+    teacher.submit(ask("a"), SAMPLING)
+    assert started.wait(10)
+    teacher.abort()
+    assert cancelled.wait(10)  # the HTTP call itself was dropped, not just forgotten
+    assert teacher.in_flight == 0 and teacher.poll() == []
+    teacher.submit(ask("a"), SAMPLING)  # its key is free again
+    loops = [t for t in threading.enumerate() if t.name == f"teacher-{teacher.name}"]
+    teacher.close()
+    teacher.close()
+    assert len(loops) == 1 and not loops[0].is_alive()
