@@ -114,9 +114,13 @@ class Teacher(ABC):
         for key, request in zip(keys, requests, strict=True):
             self.submit(replace(request, key=key), sampling)
         finished: dict[str, Finished] = {}
-        while len(finished) < len(keys):
-            for result in self.poll():
-                finished[result.key] = result
+        try:
+            while len(finished) < len(keys):
+                for result in self.poll():
+                    finished[result.key] = result
+        except BaseException:
+            self.abort()  # the others would stay in flight under keys a later call reuses
+            raise
         refused = [result for result in finished.values() if result.refused is not None]
         if refused:
             raise TeacherError(f"teacher '{self.name}' refused a request: {refused[0].refused}")

@@ -10,6 +10,7 @@ waits on the caller.
 from __future__ import annotations
 
 import hashlib
+import threading
 from typing import Any
 
 from synthkiln.engine.config import SamplingConfig, TransformersTeacherConfig
@@ -43,6 +44,9 @@ class TransformersTeacher(Teacher):
             self._tokenizer.pad_token = self._tokenizer.eos_token
         self._dtype = dtype
         self._batch_size = config.batch_size
+        # The pipeline counts prompt tokens on its feeder thread while the driver's thread encodes a
+        # batch: a fast tokenizer used from two threads at once fails ("Already borrowed").
+        self._tokenizer_lock = threading.Lock()
         self._torch = torch
         self._queue: list[tuple[GenerationRequest, SamplingConfig]] = []
         self.context_length = _context_length(self._model.config, self._tokenizer)
@@ -90,7 +94,8 @@ class TransformersTeacher(Teacher):
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         """Tokens of the templated prompt, counted as `generate` will encode it."""
-        return len(self._tokenizer(self._chat_text(messages), add_special_tokens=False)["input_ids"])
+        with self._tokenizer_lock:
+            return len(self._tokenizer(self._chat_text(messages), add_special_tokens=False)["input_ids"])
 
     def _chat_text(self, messages: list[dict[str, str]]) -> str:
         return self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -102,10 +107,11 @@ class TransformersTeacher(Teacher):
         # One row per sample, so requests of different `n` share the batch. Greedy samples of one
         # prompt are identical: decode one row, copy it n times.
         rows = [(i, j) for i, r in enumerate(requests) for j in range(1 if greedy else r.n)]
-        texts = [self._chat_text(requests[i].messages) for i, _ in rows]
-        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
-            self._device
-        )
+        with self._tokenizer_lock:
+            texts = [self._chat_text(requests[i].messages) for i, _ in rows]
+            inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+                self._device
+            )
         options: dict[str, Any] = {
             "max_new_tokens": sampling.max_tokens,
             "do_sample": False,
@@ -124,9 +130,10 @@ class TransformersTeacher(Teacher):
         prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
         eos_ids = self._eos_ids()
         samples: list[list[Completion]] = [[] for _ in requests]
-        for row, (i, _) in enumerate(rows):
-            tokens = output[row, prompt_width:].tolist()
-            samples[i].append(self._completion(tokens, eos_ids, int(prompt_lengths[row]), sampling))
+        with self._tokenizer_lock:
+            for row, (i, _) in enumerate(rows):
+                tokens = output[row, prompt_width:].tolist()
+                samples[i].append(self._completion(tokens, eos_ids, int(prompt_lengths[row]), sampling))
         if greedy:
             samples = [s * r.n for s, r in zip(samples, requests, strict=True)]
         return [Finished(r.key, s) for r, s in zip(requests, samples, strict=True)]
