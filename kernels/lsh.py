@@ -154,7 +154,16 @@ def cluster_duplicates(
 class StreamingIndex:
     """The documents accepted so far, queried batch by batch: is a new one a near-duplicate of any?
 
-    Each band keeps its keys sorted (with the owning row), so a lookup is a `searchsorted` per band.
+    Every band key of every accepted document sits in one open-addressing hash table (linear probing,
+    load <= 1/2, doubled and rehashed when full), so adding a batch costs O(batch) amortised however
+    long the run, where re-sorting the whole index per batch made a long run quadratic. A lookup
+    compares the new document with every owner of every bucket it hits: several accepted documents
+    can share a band key while only one of them is similar. One table holds all bands: each band's
+    hash is seeded with its number, so keys of two bands meet only by a 64-bit collision, which costs
+    a signature comparison, never a false match.
+
+    Rows are decided one after another, each against everything accepted before it, earlier rows of
+    its own batch included: a batch gives the same result as adding its rows one at a time.
     """
 
     def __init__(
@@ -162,67 +171,160 @@ class StreamingIndex:
     ) -> None:
         self.threshold = threshold
         self.bands, self.rows = (bands, rows) if bands and rows else optimal_bands(threshold, num_perm)
-        self.signatures = np.zeros((0, num_perm), dtype=np.uint32)
-        self._keys = [np.zeros(0, np.uint64) for _ in range(self.bands)]
-        self._owners = [np.zeros(0, np.int64) for _ in range(self.bands)]
+        self._stored = np.empty((_INITIAL_ROWS, num_perm), dtype=np.uint32)
+        self._count = 0
+        # A slot is (band key, owner + 1): owner 0 marks an empty slot; both in one cache line.
+        self._table = np.zeros((_INITIAL_SLOTS, 2), dtype=np.uint64)
 
     @classmethod
     def of(cls, signatures: np.ndarray, threshold: float) -> StreamingIndex:
         """An index holding `signatures` as they are (no duplicate check); empty ones are left out."""
         index = cls(signatures.shape[1], threshold)
-        kept = signatures[~(signatures == EMPTY).all(axis=1)]
-        index._insert(kept, band_keys(kept, index.bands, index.rows))
+        index._run(signatures, check=False)
         return index
 
+    @property
+    def signatures(self) -> np.ndarray:
+        """The accepted documents' signatures, in the order they were accepted."""
+        return self._stored[: self._count]
+
     def __len__(self) -> int:
-        return len(self.signatures)
+        return self._count
 
     def add(self, signatures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Check a batch against the index and itself; add the new documents, not the duplicates.
 
         Returns, per row, the index (in `self.signatures`) of the document it duplicates or -1, and
-        the estimated similarity to it. Empty documents are neither matched nor added.
+        the estimated similarity to it (the most similar one; ties: the earliest accepted), 0.0 where
+        -1. Empty documents are neither matched nor added.
         """
-        count = len(signatures)
-        duplicate_of = np.full(count, -1, dtype=np.int64)
-        similarity = np.zeros(count)
-        valid = ~(signatures == EMPTY).all(axis=1)
-        keys = band_keys(signatures, self.bands, self.rows)
-        for band in range(self.bands):
-            if not len(self._keys[band]):
-                break
-            position = np.searchsorted(self._keys[band], keys[band])
-            position = np.minimum(position, len(self._keys[band]) - 1)
-            hit = valid & (self._keys[band][position] == keys[band])
-            rows = np.flatnonzero(hit)
-            owners = self._owners[band][position[rows]]
-            scores = (signatures[rows] == self.signatures[owners]).mean(axis=1)
-            better = scores > similarity[rows]
-            similarity[rows[better]] = scores[better]
-            duplicate_of[rows[better]] = owners[better]
-        duplicate_of[similarity < self.threshold] = -1
-        # Within the batch: a row duplicating an earlier, accepted row of the same batch.
-        new = valid & (duplicate_of < 0)
-        first, second = candidate_pairs(keys, new)
-        earlier_row = np.full(count, -1, dtype=np.int64)
-        if len(first):
-            scores = jaccard_pairs(signatures, first, second)
-            for i, j, score in zip(first.tolist(), second.tolist(), scores.tolist(), strict=True):
-                if score >= self.threshold and new[i] and new[j]:
-                    new[j] = False
-                    earlier_row[j], similarity[j] = i, score
-        inside = np.flatnonzero(earlier_row >= 0)
-        position_after_insert = len(self) + np.cumsum(new) - 1
-        duplicate_of[inside] = position_after_insert[earlier_row[inside]]
-        self._insert(signatures[new], keys[:, new])
-        similarity[duplicate_of < 0] = 0.0
+        return self._run(signatures, check=True)
+
+    def _run(self, signatures: np.ndarray, check: bool) -> tuple[np.ndarray, np.ndarray]:
+        signatures = np.ascontiguousarray(signatures, dtype=np.uint32)
+        self._reserve(len(signatures))
+        duplicate_of = np.full(len(signatures), -1, dtype=np.int64)
+        similarity = np.zeros(len(signatures))
+        self._count = _add_rows(
+            signatures,
+            self.bands,
+            self.rows,
+            self.threshold,
+            check,
+            self._stored,
+            self._count,
+            self._table,
+            duplicate_of,
+            similarity,
+        )
         return duplicate_of, similarity
 
-    def _insert(self, signatures: np.ndarray, keys: np.ndarray) -> None:
-        owners = np.arange(len(self), len(self) + len(signatures))
-        self.signatures = np.concatenate([self.signatures, signatures])
-        for band in range(self.bands):
-            merged_keys = np.concatenate([self._keys[band], keys[band]])
-            merged_owners = np.concatenate([self._owners[band], owners])
-            order = np.argsort(merged_keys, kind="stable")
-            self._keys[band], self._owners[band] = merged_keys[order], merged_owners[order]
+    def _reserve(self, extra: int) -> None:
+        """Room for `extra` more documents: capacities double, so growing costs O(1) per document."""
+        needed = self._count + extra
+        if needed > len(self._stored):
+            stored = np.empty((max(needed, 2 * len(self._stored)), self._stored.shape[1]), np.uint32)
+            stored[: self._count] = self.signatures
+            self._stored = stored
+        slots = len(self._table)
+        while needed * self.bands * 2 > slots:
+            slots *= 2
+        if slots > len(self._table):
+            table = np.zeros((slots, 2), dtype=np.uint64)
+            _rehash(self._table, table)
+            self._table = table
+
+
+_INITIAL_ROWS = 1024
+_INITIAL_SLOTS = 1 << 14
+_SLOT_MIX = np.uint64(0xFF51AFD7ED558CCD)
+
+
+@njit(cache=True)
+def _shift(table: np.ndarray) -> np.uint64:
+    """64 - log2(slots): a key's home slot is the top bits of a multiplicative hash of it (band keys'
+    own low bits mix weakly)."""
+    return np.uint64(64 - int(np.log2(len(table))))
+
+
+@njit(cache=True)
+def _slot(key: np.uint64, shift: np.uint64) -> int:
+    return np.int64((key * _SLOT_MIX) >> shift)
+
+
+@njit(cache=True)
+def _agreement(a: np.ndarray, b: np.ndarray) -> int:
+    same = 0
+    for i in range(len(a)):
+        same += a[i] == b[i]
+    return same
+
+
+@njit(cache=True)
+def _insert(table: np.ndarray, shift: np.uint64, key: np.uint64, tagged_owner: np.uint64) -> None:
+    mask = len(table) - 1
+    slot = _slot(key, shift)
+    while table[slot, 1] != 0:
+        slot = (slot + 1) & mask
+    table[slot, 0] = key
+    table[slot, 1] = tagged_owner
+
+
+@njit(cache=True)
+def _rehash(old: np.ndarray, new: np.ndarray) -> None:
+    shift = _shift(new)
+    for slot in range(len(old)):
+        if old[slot, 1] != 0:
+            _insert(new, shift, old[slot, 0], old[slot, 1])
+
+
+@njit(cache=True)
+def _add_rows(
+    signatures: np.ndarray,
+    bands: int,
+    rows: int,
+    threshold: float,
+    check: bool,
+    stored: np.ndarray,
+    count: int,
+    table: np.ndarray,
+    duplicate_of: np.ndarray,
+    similarity: np.ndarray,
+) -> int:
+    """Decide and insert rows in order; returns the new number of accepted documents.
+
+    Band keys are computed as `band_keys` does, so streaming buckets exactly as `cluster_duplicates`.
+    """
+    num_perm = signatures.shape[1]
+    mask, shift = len(table) - 1, _shift(table)
+    keys = np.empty(bands, dtype=np.uint64)
+    empty = np.full(num_perm, EMPTY, dtype=np.uint32)
+    for row in range(len(signatures)):
+        signature = signatures[row]
+        if _agreement(signature, empty) == num_perm:
+            continue
+        for band in range(bands):
+            key = np.uint64(band)
+            for column in range(band * rows, (band + 1) * rows):
+                key = (key ^ np.uint64(signature[column])) * _MIX
+                key ^= key >> np.uint64(29)
+            keys[band] = key
+        best, target = -1.0, -1
+        if check:
+            for band in range(bands):
+                slot = _slot(keys[band], shift)
+                while table[slot, 1] != 0:
+                    owner = np.int64(table[slot, 1]) - 1
+                    if table[slot, 0] == keys[band] and owner != target:
+                        score = _agreement(signature, stored[owner]) / num_perm
+                        if score > best or (score == best and owner < target):
+                            best, target = score, owner
+                    slot = (slot + 1) & mask
+        if target >= 0 and best >= threshold:
+            duplicate_of[row], similarity[row] = target, best
+            continue
+        stored[count] = signature
+        for band in range(bands):
+            _insert(table, shift, keys[band], np.uint64(count + 1))
+        count += 1
+    return count
