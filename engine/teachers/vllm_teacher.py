@@ -26,6 +26,8 @@ from synthkiln.engine.teachers import Completion, EngineDied, Finished, Generati
 
 # The CPU build's KV cache per engine, in GiB (its own default is sized for a server).
 _CPU_KVCACHE_GIB = "2"
+# How long a poll waits for an engine's output: short enough to notice a dead engine promptly.
+_STEP_WAIT_S = 0.5
 
 
 def plan_gpus(configs: list[TeacherConfig], gpu_count: int) -> list[list[list[int]] | None]:
@@ -228,6 +230,8 @@ class VLLMTeacher(Teacher):
             if not replica.in_flight:
                 continue
             try:
+                if not _output_ready(replica.llm.llm_engine.engine_core):
+                    continue
                 outputs = replica.llm.llm_engine.step()
             except Exception as exc:  # EngineDeadError and what the dying engine's client raises
                 raise EngineDied(f"teacher '{self.name}': engine {number} died: {exc}") from exc
@@ -263,6 +267,22 @@ class VLLMTeacher(Teacher):
         gc.collect()
         if not getattr(self, "_cpu", True):
             self._torch.cuda.empty_cache()
+
+
+def _output_ready(client: Any) -> bool:
+    """Wait up to a step for the engine's next output; False when none came. Raises EngineDied when
+    the engine process is gone: vLLM's synchronous client then waits forever in `step` (its monitor
+    shuts the output thread down without telling the queue), so the wait happens here instead."""
+    outputs, resources = getattr(client, "outputs_queue", None), getattr(client, "resources", None)
+    if outputs is None or resources is None:  # an in-process engine: `step` does not wait on a queue
+        return True
+    with outputs.not_empty:
+        outputs.not_empty.wait_for(lambda: outputs._qsize() > 0 or resources.engine_dead, _STEP_WAIT_S)
+        if outputs._qsize() > 0:
+            return True
+    if resources.engine_dead:
+        raise EngineDied("its process exited")
+    return False
 
 
 def _completions(output: Any) -> list[Completion]:

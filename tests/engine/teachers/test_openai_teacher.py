@@ -140,6 +140,36 @@ def test_pipeline_mixes_local_and_served_teachers(
     assert manifest["teachers"][1]["base_url"] == vllm_server
 
 
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_a_prompt_the_server_refuses_is_quarantined_while_the_run_goes_on(
+    vllm_server: str, tmp_path: Path
+) -> None:
+    # ~5,000 tokens: past the server's 2,048-token context, yet under our estimate's bound of the
+    # teacher's declared 32,768, so it reaches the server, which answers HTTP 400.
+    oversized = "Summarise this: " + "the quick brown fox jumps over the lazy dog " * 550
+    instructions = [*QUICK_INSTRUCTIONS[:2], oversized, *QUICK_INSTRUCTIONS[2:4]]
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"instruction": text}) + "\n" for text in instructions))
+    recipe = {
+        "name": "refused",
+        "seeds": {"path": str(seeds)},
+        "task": {"kind": "instruction"},
+        "teachers": [{"backend": "openai", "name": "served", "model": "smollm2", "base_url": vllm_server}],
+        "sampling": {"temperature": 0, "max_tokens": 8},
+        "filters": {"unterminated": False, "min_words": 1},
+    }
+    with Pipeline.from_recipe(recipe) as pipeline:
+        manifest = pipeline.run(tmp_path / "out", progress=False)
+    assert manifest["complete"] is True
+    assert len(pq.read_table(tmp_path / "out" / "data")) == 4
+    (refused,) = pq.read_table(tmp_path / "out" / "rejected").to_pylist()
+    assert refused["reason"] == "teacher-refused"
+    assert refused["detail"].startswith("seeds.jsonl line 3: teacher 'served': HTTP 400")
+    assert "maximum context length" in refused["detail"]
+    assert manifest["pipeline"]["teachers"]["served"]["refused"] == 1
+
+
 def reply(text: str = "fine", finish_reason: str = "stop") -> httpx.Response:
     body = {
         "choices": [{"message": {"content": text}, "finish_reason": finish_reason}],
