@@ -60,6 +60,7 @@ bench: model vllm-venv
 	$(VLLM_VENV)/bin/python benchmarks/bench_generate.py --backend vllm
 	$(PY) benchmarks/bench_minhash.py
 	$(PY) benchmarks/bench_dedup.py
+	$(PY) benchmarks/bench_streaming_dedup.py
 	$(PY) benchmarks/bench_decont.py
 	$(PY) benchmarks/bench_sandbox.py
 

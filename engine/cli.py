@@ -237,7 +237,9 @@ def format_occupancy(stats: dict[str, Any] | None) -> list[str]:
     if held["part"] == "teachers":
         lines.append("bottleneck: the teachers (generation itself)")
     elif held["part"] == "feeder":
-        lines.append(f"bottleneck: reading and rendering prompts; the teachers waited {held['seconds']:.1f} s")
+        lines.append(
+            f"bottleneck: reading and rendering prompts; the teachers waited {held['seconds']:.1f} s"
+        )
     else:
         lines.append(f"bottleneck: {held['part']} held generation back for {held['seconds']:.1f} s")
     return lines
