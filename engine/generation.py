@@ -109,6 +109,7 @@ class TeacherDriver:
         return self._pending == 0 and self._inbox.empty()
 
     def put(self, job: Job) -> None:
+        self._await_cancel()  # else the cancel in progress would drop this job too
         self.check()
         self._inbox.put(job)
 
@@ -150,11 +151,19 @@ class TeacherDriver:
             **summary,
         }
 
-    def cancel(self) -> None:
-        """Drop every job not delivered yet (a run that stops early); the driver stays usable."""
+    def cancel(self, wait: bool = True) -> None:
+        """Drop every job not delivered yet (a run that stops early); the driver stays usable.
+
+        Without `wait` (Ctrl-C: the commit should not wait for a batch to finish generating) the
+        jobs are dropped once the teacher's current poll returns; a job `put` meanwhile waits for that.
+        """
         self._cancelled.clear()
         self._cancel.set()
-        while not self._cancelled.wait(_IDLE_WAIT_S):
+        if wait:
+            self._await_cancel()
+
+    def _await_cancel(self) -> None:
+        while self._cancel.is_set() and not self._cancelled.wait(_IDLE_WAIT_S):
             if self._failure is not None or not self._thread.is_alive():
                 return
 

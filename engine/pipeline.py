@@ -435,6 +435,7 @@ class Pipeline:
         finished: dict[str, Finished] = {}
         threads = _share_cores_with_teacher()
         feeder.start()
+        stopped_by_error = True
         try:
             while (window := self._wait(feeder.windows, feeder)) is not None:
                 if bar is not None:
@@ -467,11 +468,15 @@ class Pipeline:
                 room.give(len(window.prompts))
             if feeder.failure is not None:
                 raise feeder.failure
+            stopped_by_error = False
+        except GeneratorExit:  # the caller stopped early (at --limit): a clean stop
+            stopped_by_error = False
+            raise
         finally:
             feeder.stop.set()
             feeder.join()
             for driver in drivers:
-                driver.cancel()
+                driver.cancel(wait=not stopped_by_error)
             _restore_threads(threads)
             self.run_stats = _run_stats(time.monotonic() - started, drivers, feeder, room, stage_s)
 
