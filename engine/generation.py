@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from synthkiln.engine.config import SamplingConfig
-from synthkiln.engine.errors import TeacherError
+from synthkiln.engine.errors import SynthkilnError, TeacherError
 from synthkiln.engine.teachers import Completion, EngineDied, Finished, GenerationRequest, Teacher
 
 _IDLE_WAIT_S = 0.05  # how long an idle driver waits for work before checking whether to stop
@@ -114,9 +114,12 @@ class TeacherDriver:
         self._inbox.put(job)
 
     def check(self) -> None:
-        """Raise the teacher's failure, if it failed."""
-        if self._failure is not None:
+        """Raise the teacher's failure, if it failed: a TeacherError as the user should read it, or
+        anything else as the bug it is (its traceback chained)."""
+        if isinstance(self._failure, SynthkilnError):
             raise TeacherError(str(self._failure)) from self._failure
+        if self._failure is not None:
+            raise RuntimeError(f"the driver of teacher '{self.teacher.name}' failed") from self._failure
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig) -> list[list[Completion]]:
         """Completions for `requests`, in order, through the driver (safe from any thread)."""
@@ -128,10 +131,12 @@ class TeacherDriver:
             self.put(Job(replace(request, key=key), sampling, future.set_result))
         results = []
         for future in futures:
-            while not future.done():
-                self.check()
-                time.sleep(_IDLE_WAIT_S)
-            finished = future.result()
+            while True:
+                try:
+                    finished = future.result(timeout=_IDLE_WAIT_S)
+                    break
+                except TimeoutError:
+                    self.check()
             if finished.refused is not None:
                 raise TeacherError(f"teacher '{self.teacher.name}' refused a request: {finished.refused}")
             results.append(finished.completions)
@@ -195,7 +200,7 @@ class TeacherDriver:
                 self.occupancy.record(len(pending))
                 if not pending:
                     continue
-                for finished in self._poll(pending):
+                for finished in self._poll():
                     job = pending.pop(finished.key, None)  # type: ignore[assignment]
                     if job is None:  # a request of a cancelled run, finished as it was aborted
                         continue
@@ -216,7 +221,7 @@ class TeacherDriver:
             while True:
                 self._inbox.get_nowait()
 
-    def _poll(self, pending: dict[str, Job]) -> list[Finished]:
+    def _poll(self) -> list[Finished]:
         try:
             return self.teacher.poll()
         except EngineDied as exc:
