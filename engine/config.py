@@ -377,9 +377,13 @@ class Recipe(_Strict):
         return self.model_dump(mode="json")
 
     def content_hash(self) -> str:
-        """Hash of everything that decides the rows (output placement excluded)."""
+        """Hash of everything that decides the rows: not where they go, nor how hard the engines
+        are driven (requests in flight, replicas), which a resumed run may change."""
         content = self.to_dict()
         content.pop("output")
+        content["generation"].pop("max_in_flight")
+        for teacher in content["teachers"]:
+            teacher.pop("replicas", None)
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -124,6 +124,8 @@ def test_set_changes_hash_and_reports_bad_keys(tmp_path: Path) -> None:
     assert load_recipe(path).content_hash() != load_recipe(path, ["seed=7"]).content_hash()
     # Output placement does not decide the rows, so it does not change the hash.
     assert load_recipe(path).content_hash() == load_recipe(path, ["output.shard_rows=5"]).content_hash()
+    # Nor does how hard the engines are driven: a resumed run may change it.
+    assert load_recipe(path).content_hash() == load_recipe(path, ["generation.max_in_flight=3"]).content_hash()
     with pytest.raises(
         RecipeError, match=r"unknown key 'sampling.topp' \(from --set\); did you mean 'top_p'"
     ):
