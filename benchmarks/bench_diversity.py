@@ -1,0 +1,251 @@
+"""Diversity metrics per 100k rows: synthkiln's Numba kernels on one core vs plain Python, in one run.
+
+Rows: GSM8K train answers (7,473) repeated to 100,000. Three jobs, each run by both sides on the same
+rows, and their results compared (they must agree, or the ratio means nothing):
+
+- lexical: distinct 1/2/3-grams, bigram entropy, zlib compression ratio, opening concentration
+  (`LexicalStats`: one update over all rows, and the pipeline's way, a fresh accumulator per 1,000-row
+  shard with its summary, merged into the cumulative one);
+- structure: the rule-based structure label of every row;
+- novelty: the low-novelty filter (word 3-grams, threshold 0.3, rows decided in order).
+
+The Python side is what a data engineer writes without kernels: `str.translate` + split on the same
+normalisation, sets and a `Counter` of word tuples, `math.log2`, `zlib`, and `re` per line.
+
+    python benchmarks/bench_diversity.py
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+import time
+import zlib
+from collections import Counter
+
+import pyarrow as pa
+from common import GSM8K, best_of, save_report
+
+from synthkiln.kernels.diversity import (
+    STRUCTURES,
+    KeyTable,
+    LexicalStats,
+    filter_novel,
+    join_rows,
+    structure_counts,
+)
+from synthkiln.kernels.minhash import set_threads
+from synthkiln.kernels.text import as_text_buffers
+
+ROWS, SHARD_ROWS, NOVELTY_N, NOVELTY_THRESHOLD = 100_000, 1_000, 3, 0.3
+
+# -- The plain Python reference -------------------------------------------------------------------
+
+# The kernels' default normalisation: ASCII letters and digits make words (lowercased), other ASCII
+# characters separate them, non-ASCII characters belong to words (so split on " " only: str.split()
+# would also split at a non-breaking space, which GSM8K holds).
+_FOLD = {code: (chr(code).lower() if chr(code).isalnum() else " ") for code in range(128)}
+
+
+def python_words(text: str) -> list[str]:
+    return [word for word in text.translate(_FOLD).split(" ") if word]
+
+
+def python_lexical(rows: list[str]) -> dict[str, float]:
+    unigrams: set[str] = set()
+    trigrams: set[tuple[str, str, str]] = set()
+    bigrams: Counter[tuple[str, str]] = Counter()
+    openings: Counter[str] = Counter()
+    totals = [0, 0, 0]
+    for row in rows:
+        words = python_words(row)
+        if not words:
+            continue
+        unigrams.update(words)
+        bigrams.update(itertools.pairwise(words))
+        trigrams.update(zip(words, words[1:], words[2:], strict=False))
+        openings[" ".join(words[:5])] += 1
+        totals[0] += len(words)
+        totals[1] += len(words) - 1
+        totals[2] += max(len(words) - 2, 0)
+    raw = "\n".join(rows).encode()
+    return {
+        "distinct_1": len(unigrams) / totals[0],
+        "distinct_2": len(bigrams) / totals[1],
+        "distinct_3": len(trigrams) / totals[2],
+        "ngram_entropy_2": -sum(c / totals[1] * math.log2(c / totals[1]) for c in bigrams.values()),
+        "compression_ratio": len(zlib.compress(raw, 6)) / len(raw),
+        "opening_concentration": openings.most_common(1)[0][1] / sum(openings.values()),
+    }
+
+
+_BULLET = re.compile(r"[-*+\u2022][ \t]")
+_NUMBERED = re.compile(r"[0-9]{1,3}[.)][ \t]")
+_CODE_START = re.compile(
+    r"(?:def|class|import|return|#include|function|const|let|var|public|private|static|void|fn|func|"
+    r"package|using|print|console\.log|elif|SELECT|CREATE)(?:[ \t(:]|$)"
+)
+_BLOCK_START = re.compile(r"(?:if|for|while|else|try|except|finally|with|async|match|case)(?:[ \t(:]|$)")
+
+
+def python_structure(text: str) -> str:
+    """The rules of `structure_labels`, line by line with `re`."""
+    bullets = numbered = table_rows = code_lines = nonblank = fences = 0
+    in_fence = False
+    for raw_line in text.split("\n"):
+        line = raw_line.lstrip(" \t").rstrip(" \t\r")
+        if not line:
+            continue
+        nonblank += 1
+        if line.startswith(("```", "~~~")):
+            fences += 1
+            code_lines += 1
+            in_fence = not in_fence
+            continue
+        if in_fence:
+            code_lines += 1
+            continue
+        bullets += bool(_BULLET.match(line))
+        numbered += bool(_NUMBERED.match(line))
+        table_rows += line.startswith("|") and "|" in line[1:]
+        code_lines += bool(
+            line.endswith((";", "{", "}"))
+            or _CODE_START.match(line)
+            or (line.endswith(":") and _BLOCK_START.match(line))
+        )
+    features = [
+        name
+        for name, present in (
+            ("list", bullets >= 2),
+            ("numbered", numbered >= 2),
+            ("table", table_rows >= 2),
+            ("code", fences > 0 or (code_lines >= 2 and 2 * code_lines > nonblank)),
+        )
+        if present
+    ]
+    return "mixed" if len(features) >= 2 else (features[0] if features else "prose")
+
+
+def python_novelty_filter(rows: list[str]) -> list[bool]:
+    seen: set[tuple[str, ...]] = set()
+    kept = []
+    for row in rows:
+        words = python_words(row)
+        span = min(NOVELTY_N, len(words))
+        grams = [tuple(words[i : i + span]) for i in range(len(words) - span + 1)] if words else []
+        novelty = sum(gram not in seen for gram in grams) / len(grams) if grams else 0.0
+        kept.append(novelty >= NOVELTY_THRESHOLD)
+        if kept[-1]:
+            seen.update(grams)
+    return kept
+
+
+# -- The run -----------------------------------------------------------------------------------------
+
+
+def streamed_in_shards(array: pa.Array) -> dict[str, object]:
+    """The pipeline's use: per shard a fresh accumulator and its summary, merged into the cumulative one."""
+    cumulative = LexicalStats()
+    for start in range(0, len(array), SHARD_ROWS):
+        shard = LexicalStats()
+        shard.update(array[start : start + SHARD_ROWS])
+        shard.summary()
+        cumulative.merge(shard)
+    return cumulative.summary()
+
+
+def timed(function):
+    started = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - started
+
+
+def main() -> None:
+    answers = [json.loads(line)["answer"] for line in GSM8K.read_text().splitlines()]
+    rows = (answers * (ROWS // len(answers) + 1))[:ROWS]
+    array = pa.array(rows, pa.large_string())
+    total_bytes = sum(len(row.encode()) for row in rows)
+    set_threads(1)
+    for warm in (lambda: LexicalStats().update(array[:100]), lambda: structure_counts(array[:100])):
+        warm()  # compile, or load the cached kernels
+    filter_novel(array[:100], KeyTable(), NOVELTY_THRESHOLD, NOVELTY_N)
+
+    def lexical() -> tuple[LexicalStats, dict[str, object]]:
+        stats = LexicalStats()
+        stats.update(array)
+        return stats, stats.summary()
+
+    stats, ours = lexical()
+    joined = join_rows(as_text_buffers(array))
+    seconds = {
+        "lexical_synthkiln": best_of(3, lexical),
+        "lexical_synthkiln_zlib_part": best_of(3, lambda: zlib.compress(joined, 6)),
+        "lexical_synthkiln_1000_row_shards_merged": best_of(3, lambda: streamed_in_shards(array)),
+        "structure_synthkiln": best_of(3, lambda: structure_counts(array)),
+        "novelty_synthkiln": best_of(
+            3, lambda: filter_novel(array, KeyTable(), NOVELTY_THRESHOLD, NOVELTY_N)
+        ),
+    }
+    theirs, seconds["lexical_python"] = timed(lambda: python_lexical(rows))
+    python_labels, seconds["structure_python"] = timed(lambda: Counter(map(python_structure, rows)))
+    python_kept, seconds["novelty_python"] = timed(lambda: python_novelty_filter(rows))
+
+    shards = streamed_in_shards(array)
+    our_structure = structure_counts(array)
+    _, our_kept = filter_novel(array, KeyTable(), NOVELTY_THRESHOLD, NOVELTY_N)
+    agreement = {
+        "lexical": all(ours[key] == theirs[key] for key in theirs if key != "ngram_entropy_2")
+        and math.isclose(ours["ngram_entropy_2"], theirs["ngram_entropy_2"], rel_tol=1e-9),
+        "shards_merged_vs_one_update": all(
+            shards[key] == ours[key]
+            for key in ("distinct_1", "distinct_2", "distinct_3", "opening_concentration")
+        ),
+        "structure": our_structure == {label: python_labels.get(label, 0) for label in STRUCTURES},
+        "novelty": our_kept.tolist() == python_kept,
+    }
+    table_bytes = sum(table.slots.nbytes for table in stats.ngrams)
+    distinct = sum(len(table) for table in stats.ngrams)
+    per_100k = ROWS / 100_000
+    results = {
+        name: {
+            "seconds_per_100k_rows": round(value / per_100k, 4),
+            "MB_per_s": round(total_bytes / value / 1e6, 1),
+        }
+        for name, value in seconds.items()
+    }
+    ratios = {
+        job: round(seconds[f"{job}_python"] / seconds[f"{job}_synthkiln"], 1)
+        for job in ("lexical", "structure", "novelty")
+    }
+    ratios["lexical_without_zlib"] = round(
+        (seconds["lexical_python"] - seconds["lexical_synthkiln_zlib_part"])
+        / (seconds["lexical_synthkiln"] - seconds["lexical_synthkiln_zlib_part"]),
+        1,
+    )
+    save_report(
+        "diversity_cpu",
+        {
+            "benchmark": "diversity",
+            "rows": ROWS,
+            "bytes": total_bytes,
+            "numba_threads": 1,
+            "results": results,
+            "ratios_python_over_synthkiln": ratios,
+            "agreement": agreement,
+            "metrics": {key: value for key, value in ours.items() if key != "top_openings"},
+            "top_opening": ours["top_openings"][0],
+            "structure": our_structure,
+            "novelty_kept": int(our_kept.sum()),
+            "memory": {
+                "distinct_ngrams_1_2_3": distinct,
+                "ngram_table_bytes": table_bytes,
+                "bytes_per_distinct_ngram": round(table_bytes / distinct, 1),
+            },
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
