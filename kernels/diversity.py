@@ -16,6 +16,7 @@ merged into the cumulative one. `summary()` keys (tools read them; keep the name
   joined by "\\n", computed per update; cumulative = sum of compressed / sum of raw over updates. One
   codec, one window: zlib only sees repeats within its 32 KiB window and within one update, so the
   cumulative value is an upper bound that depends on shard size (bigger shards compress better).
+  None when the accumulator was made with ``compression=False``.
 - ``opening_concentration``: share of rows (with at least one word) whose opening, their first 5
   words after normalisation (all of them for shorter rows), is the most common one. ``top_openings``
   lists the most common openings (normalised words joined by spaces) with their row counts.
@@ -147,7 +148,10 @@ class LexicalStats:
         normalization: Normalization | None = None,
         opening_words: int = OPENING_WORDS,
         top_openings: int = TOP_OPENINGS,
+        compression: bool = True,
     ) -> None:
+        """`compression=False` skips zlib, which costs more than every other figure together
+        (benchmarks/README.md), and reports ``compression_ratio`` as None."""
         if opening_words < 1 or top_openings < 1:
             raise ValueError(
                 f"opening_words and top_openings must be positive, got {opening_words}, {top_openings}"
@@ -155,6 +159,7 @@ class LexicalStats:
         self.normalization = normalization or Normalization()
         self.opening_words = opening_words
         self.top_count = top_openings
+        self.compression = compression
         # Word 1-, 2- and 3-grams: distinct counts need sets, the entropy needs the bigrams' counts.
         self.ngrams = [KeyTable(), KeyTable(counts=True), KeyTable()]
         self.openings = KeyTable(counts=True, entries=True)
@@ -185,22 +190,23 @@ class LexicalStats:
             )  # fmt: skip
             self._grow(need)
         self.rows += len(buffers)
-        raw = as_text_buffers(texts) if self.normalization.unicode or self.normalization.delete else buffers
-        joined = join_rows(raw)
-        if len(joined):
-            self.raw_bytes += len(joined)
-            self.compressed_bytes += len(zlib.compress(joined, ZLIB_LEVEL))
+        if self.compression:
+            # The rows as written: Unicode and deletion steps of the normalisation only shape words.
+            unicode_or_delete = self.normalization.unicode or self.normalization.delete
+            joined = join_rows(as_text_buffers(texts) if unicode_or_delete else buffers)
+            if len(joined):
+                self.raw_bytes += len(joined)
+                self.compressed_bytes += len(zlib.compress(joined, ZLIB_LEVEL))
         self._refresh_top(row_openings[row_openings != 0])
 
     def merge(self, other: LexicalStats) -> None:
         """Add every row `other` has seen (other is left as it was)."""
         if other is self:
             raise ValueError("cannot merge lexical statistics into themselves")
-        if (other.normalization, other.opening_words) != (self.normalization, self.opening_words):
+        settings, other_settings = self._settings(), other._settings()
+        if other_settings != settings:
             raise ValueError(
-                "cannot merge lexical statistics of different settings: "
-                f"{other.normalization}, {other.opening_words} opening words vs "
-                f"{self.normalization}, {self.opening_words}"
+                f"cannot merge lexical statistics of different settings: {other_settings} vs {settings}"
             )
         for mine, theirs in zip(self.ngrams, other.ngrams, strict=True):
             mine.reserve(len(theirs))
@@ -238,7 +244,7 @@ class LexicalStats:
             "distinct_2": _share(len(self.ngrams[1]), bigrams),
             "distinct_3": _share(len(self.ngrams[2]), trigrams),
             "ngram_entropy_2": entropy,
-            "compression_ratio": _share(self.compressed_bytes, self.raw_bytes),
+            "compression_ratio": _share(self.compressed_bytes, self.raw_bytes) if self.compression else None,
             "opening_concentration": _share(top[0]["rows"], rows_with_words) if top else 0.0,
             "top_openings": top,
         }
@@ -253,6 +259,13 @@ class LexicalStats:
             text = self.pool[start : self.pool_ends[entry]].tobytes().decode("utf-8", "replace")
             top.append({"opening": text, "rows": count, "share": count / rows_with_words})
         return top
+
+    def _settings(self) -> dict[str, object]:
+        return {
+            "normalization": self.normalization,
+            "opening_words": self.opening_words,
+            "compression": self.compression,
+        }
 
     def _refresh_top(self, candidates: np.ndarray) -> None:
         # Counts only grow, so an opening not touched since the last refresh cannot overtake the ones
@@ -591,6 +604,9 @@ def _merge_tables(slots, size, other, entropy, xlogx_table) -> float:
     """Add the other table's keys and counts; return the change of sum c log2 c when `entropy` is set."""
     gain = 0.0
     for slot in range(other.shape[0]):
+        ahead = other[min(slot + _AHEAD, other.shape[0] - 1), 0]
+        if ahead != np.uint64(0):
+            _prefetch(slots, _home(slots, ahead))
         if other[slot, 0] != np.uint64(0):
             amount = other[slot, 1] if other.shape[1] > 1 else np.uint64(1)
             at = _increment(slots, size, other[slot, 0], amount)
@@ -603,6 +619,9 @@ def _merge_tables(slots, size, other, entropy, xlogx_table) -> float:
 @njit(cache=True)
 def _merge_openings(slots, size, pool, pool_ends, pool_state, other, other_pool, other_ends) -> None:
     for slot in range(other.shape[0]):
+        ahead = other[min(slot + _AHEAD, other.shape[0] - 1), 0]
+        if ahead != np.uint64(0):
+            _prefetch(slots, _home(slots, ahead))
         if other[slot, 0] == np.uint64(0):
             continue
         at = _increment(slots, size, other[slot, 0], other[slot, 1])
@@ -680,6 +699,7 @@ def _keyword_at(data, at, end, words, word_ends) -> bool:
 
 @njit(inline="always", cache=True)
 def _classify(data, start, end, code_words, code_ends, block_words, block_ends) -> np.int8:
+    """One pass over the row's lines, counting what each rule of `structure_labels` matches."""
     bullets = numbered = table_rows = code_lines = nonblank = fences = 0
     in_fence = False
     line = start

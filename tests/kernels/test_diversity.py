@@ -282,6 +282,8 @@ def test_merging_refuses_other_settings_and_itself() -> None:
     stats = LexicalStats()
     with pytest.raises(ValueError, match="different settings"):
         stats.merge(LexicalStats(opening_words=3))
+    with pytest.raises(ValueError, match="different settings"):
+        stats.merge(LexicalStats(compression=False))
     with pytest.raises(ValueError, match="themselves"):
         stats.merge(stats)
     with pytest.raises(ValueError, match="empty slot"):
@@ -299,3 +301,11 @@ def test_add_ngrams_grows_the_set_to_every_distinct_ngram_once() -> None:
     assert len(grams) > 1_024  # past the starting capacity
     assert len(seen) == len(grams)
     assert not novelty(rows, seen, 2).any()
+
+
+def test_without_compression_every_other_figure_is_the_same() -> None:
+    with_zlib, without = LexicalStats(), LexicalStats(compression=False)
+    with_zlib.update(HAND_ROWS)
+    without.update(HAND_ROWS)
+    assert without.summary()["compression_ratio"] is None
+    assert without.summary() == {**with_zlib.summary(), "compression_ratio": None}
