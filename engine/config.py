@@ -253,6 +253,37 @@ class DedupConfig(_Strict):
     )
 
 
+class ConcentrationConfig(_Strict):
+    """Largest shares of accepted rows one value may take before the run flags it (with examples)."""
+
+    opening: float = Field(0.2, gt=0, le=1, description="Rows sharing one first-5-word opening.")
+    ngram: float = Field(0.05, gt=0, le=1, description="Occurrences of one word bigram among all bigrams.")
+    cluster: float = Field(0.3, gt=0, le=1, description="Sampled rows in one embedding cluster.")
+    format: float = Field(0.6, gt=0, le=1, description="Rows of one answer format (when formats are listed).")
+    persona: float = Field(0.6, gt=0, le=1, description="Rows of one persona (when personas are listed).")
+    min_rows: int = Field(50, ge=1, description="Accepted rows before any share is flagged.")
+
+
+class DiversityConfig(_Strict):
+    """Diversity measured on accepted rows as they are committed (manifest `diversity`), novelty
+    rejection, and concentration flags."""
+
+    enabled: bool = Field(True, description="Measure diversity per shard and cumulatively.")
+    min_novelty: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Reject a row (`low-novelty`) whose share of n-grams never seen in accepted rows is "
+        "below this; off by default.",
+    )
+    novelty_ngram: int = Field(3, ge=1, description="Words per n-gram for novelty.")
+    sample_size: int = Field(
+        2000, ge=10, description="Reservoir of accepted rows the embedding metrics are computed on."
+    )
+    embeddings: bool = Field(True, description="Compute the MiniLM metrics (spread, Vendi, clusters).")
+    max_share: ConcentrationConfig = Field(default_factory=ConcentrationConfig)
+
+
 class BenchmarkConfig(_Strict):
     """An evaluation set to keep out of the data: a local file, or a Hugging Face dataset when online."""
 
@@ -360,6 +391,7 @@ class Recipe(_Strict):
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    diversity: DiversityConfig = Field(default_factory=DiversityConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -377,13 +409,20 @@ class Recipe(_Strict):
         return self.model_dump(mode="json")
 
     def content_hash(self) -> str:
-        """Hash of everything that decides the rows: not where they go, nor how hard the engines
-        are driven (requests in flight, replicas), which a resumed run may change."""
+        """Hash of everything that decides the rows: not where they go, how hard the engines are
+        driven (requests in flight, replicas) or what is measured, which a resumed run may change."""
         content = self.to_dict()
         content.pop("output")
         content["generation"].pop("max_in_flight")
         for teacher in content["teachers"]:
             teacher.pop("replicas", None)
+        # Measuring diversity decides nothing; novelty rejection does (when it is on).
+        diversity = content.pop("diversity")
+        if diversity["min_novelty"] is not None:
+            content["novelty"] = {
+                "min_novelty": diversity["min_novelty"],
+                "ngram": diversity["novelty_ngram"],
+            }
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

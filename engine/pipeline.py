@@ -43,6 +43,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from synthkiln.engine.config import Recipe, load_recipe, recipe_from_dict
+from synthkiln.engine.diversity import DiversityTracker, load_embedding_model
 from synthkiln.engine.errors import RecipeError, SeedsError
 from synthkiln.engine.generation import Job, TeacherDriver
 from synthkiln.engine.output.writer import SEEDS_STAGE, DatasetWriter
@@ -226,6 +227,8 @@ class Pipeline:
         self._teachers = teachers
         self._owns_teachers = teachers is None  # teachers passed in are the caller's to close
         self._drivers: list[TeacherDriver] | None = None
+        if recipe.diversity.enabled and recipe.diversity.embeddings:
+            load_embedding_model()
         self.run_stats: dict[str, Any] = {}  # the last run's parts: occupancy, waits, bottleneck
 
     @classmethod
@@ -328,15 +331,31 @@ class Pipeline:
         self._check_seeds()  # before the directory is touched: a recipe error leaves nothing to clean
         self.run_stats = {}
         out_dir = Path(out_dir) if out_dir is not None else self.recipe.output_dir
+        tracker = DiversityTracker(self.recipe.diversity) if self.recipe.diversity.enabled else None
         # `_run_info` loads the teachers: called by the writer once the directory is ours.
-        writer = DatasetWriter(out_dir, self.recipe, self._run_info, self.schema, fresh, allow_changed_inputs)
+        writer = DatasetWriter(
+            out_dir,
+            self.recipe,
+            self._run_info,
+            self.schema,
+            fresh,
+            allow_changed_inputs,
+            on_commit=tracker.record if tracker is not None else None,
+        )
         complete, stopped = False, None
         bar: tqdm | None = None
         try:  # whatever happens, the writer commits what it holds and releases the directory
             bar = tqdm(total=self._prompt_estimate(), unit="prompt", disable=not progress, dynamic_ncols=True)
-            for stage in self.stages:
+            for position, stage in enumerate(self.stages):
                 if stage.restore_columns:
-                    stage.restore(writer.committed_rows(list(stage.restore_columns)))
+                    later = (
+                        [s.name for s in self.stages[position + 1 :]]
+                        if stage.restore_rejected_after
+                        else None
+                    )
+                    stage.restore(writer.committed_rows(list(stage.restore_columns), rejected_by=later))
+            if tracker is not None:
+                tracker.restore_run(writer)
             done = _Progress(self.recipe.generation.samples_per_prompt, writer.committed_samples)
             at_limit = limit is not None and writer.accepted >= limit
             if not at_limit:

@@ -83,6 +83,7 @@ def render_card(manifest: dict[str, Any]) -> str:
             else "."
         ),
         "",
+        *_diversity(manifest.get("diversity")),
         "## Verification and decontamination",
         "",
         _listing("Verified with", manifest.get("verifiers", []), "no verifier beyond the cheap filters"),
@@ -143,6 +144,39 @@ def _header_license(licences: list[str | None]) -> str | list[str]:
 def _padded(licences: list[str | None], count: int) -> list[str | None]:
     """One licence per described teacher (a manifest from before a recipe change may list fewer)."""
     return (licences + [None] * count)[:count]
+
+
+_DIVERSITY_FIGURES = (
+    "distinct_1",
+    "distinct_2",
+    "distinct_3",
+    "ngram_entropy_2",
+    "compression_ratio",
+    "opening_concentration",
+    "near_duplicate_rate",
+    "embedding_spread",
+    "vendi_score",
+    "cluster_coverage",
+)
+
+
+def _diversity(diversity: dict[str, Any] | None) -> list[str]:
+    """The cumulative diversity figures and any concentration flag (see engine/diversity.py)."""
+    if not diversity or not diversity.get("cumulative"):
+        return []
+    figures = diversity["cumulative"]
+    lines = ["## Diversity", "", "| measure | value |", "| --- | ---: |"]
+    lines += [f"| {name} | {figures[name]} |" for name in _DIVERSITY_FIGURES if name in figures]
+    lines.append("")
+    for flag in figures.get("flags", []):
+        examples = "; ".join(f"`{e[:80]}`" for e in flag["examples"])
+        lines.append(
+            f"- **Concentrated {flag['kind']}**: {100 * flag['share']:.1f}% of rows (limit "
+            f"{100 * flag['max_share']:.0f}%)" + (f", e.g. {examples}" if examples else "")
+        )
+    if figures.get("flags"):
+        lines.append("")
+    return lines
 
 
 def _sampling(recipe: dict[str, Any]) -> str:

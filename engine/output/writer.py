@@ -49,8 +49,12 @@ class DatasetWriter:
         schema: pa.Schema = ROW_SCHEMA,
         fresh: bool = False,
         allow_changed_inputs: bool = False,
+        on_commit: Callable[[pa.Table | None, pa.Table | None, dict[str, Any], bool], None] | None = None,
     ) -> None:
+        """`on_commit(kept, rejected, manifest, final)` adds to the manifest what is measured on each
+        commit's rows (diversity), before the manifest is published; `final` on the run's last."""
         self.out_dir = Path(out_dir)
+        self._on_commit = on_commit
         self.schema = schema
         self.recipe = recipe
         self._shard_rows = recipe.output.shard_rows
@@ -118,6 +122,8 @@ class DatasetWriter:
                 shard = self.directory.write_shard(table, f"{folder}/part-{index:05d}.parquet")
                 new_shards[folder].append(shard)
         self._update_manifest(kept, rejected, new_shards, complete)
+        if self._on_commit is not None:
+            self._on_commit(kept, rejected, self.manifest, complete is not None)
         self.directory.commit(self.manifest, render_card(self.manifest))
         self._pending_kept, self._pending_rejected = [], []
         self._pending_rows = 0
@@ -251,12 +257,17 @@ class DatasetWriter:
                 + "; its rows are lost: restore the file, or start over with --fresh"
             )
 
-    def committed_rows(self, columns: list[str]) -> pa.Table:
-        """The given columns of every committed accepted row, in commit order."""
+    def committed_rows(self, columns: list[str], rejected_by: list[str] | None = None) -> pa.Table:
+        """The given columns of every committed accepted row, in commit order; with `rejected_by`,
+        followed by the committed rows those stages rejected."""
         tables = [
             pq.read_table(self.out_dir / shard["path"], columns=columns)
             for shard in self.manifest["shards"]["data"]
         ]
+        for shard in self.manifest["shards"]["rejected"] if rejected_by else []:
+            rejected = pq.read_table(self.out_dir / shard["path"], columns=[*columns, "stage"])
+            chosen = rejected.filter(pc.is_in(rejected.column("stage"), pa.array(rejected_by, pa.string())))
+            tables.append(chosen.select(columns))
         if not tables:
             return self.schema.empty_table().select(columns)
         return pa.concat_tables(tables)

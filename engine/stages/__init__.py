@@ -48,6 +48,10 @@ def default_stages(recipe: Recipe, served_teacher: Callable[[str], Any] | None =
         if served_teacher is not None:
             served = ServedTeachers([t.label for t in recipe.teachers], served_teacher)
         stages.append(Verify.from_config(recipe.verify, served))
+    if recipe.diversity.min_novelty is not None:
+        from synthkiln.engine.stages.novelty import Novelty
+
+        stages.append(Novelty(recipe.diversity.min_novelty, recipe.diversity.novelty_ngram))
     if recipe.generation.keep == "first":
         stages.append(FirstPerPrompt())
     if recipe.dedup.enabled:  # last: its index must hold exactly the accepted rows

@@ -28,6 +28,8 @@ class Stage(ABC):
     verifiers: tuple[str, ...] = ()  # what stages that prove rows right check with (listed on the card)
     fields: tuple[pa.Field, ...] = ()  # columns this stage adds to the rows it keeps or rejects
     restore_columns: tuple[str, ...] = ()  # committed columns a stateful stage rebuilds itself from
+    # Whether `restore` also gets the committed rows later stages rejected (they passed this one).
+    restore_rejected_after = False
     benchmarks: tuple[dict, ...] = ()  # benchmarks this stage keeps out (listed on the dataset card)
     sandbox: dict | None = None  # the isolation a stage ran untrusted text under (in the manifest)
 

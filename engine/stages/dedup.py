@@ -50,7 +50,8 @@ class NearDuplicates(Stage):
         )
         self._index = StreamingIndex(num_perm, threshold)
         self._ids: list[str] = []
-        self.signatures(pa.array(["warm up the kernel"]))  # compile or load it now, not mid-run
+        # Compile or load the kernels now, not mid-run (loading the index's took seconds there).
+        StreamingIndex(num_perm, threshold).add(self.signatures(pa.array(["warm up the kernels"])))
         for path in against or []:
             self._add_corpus(Path(path))
 
