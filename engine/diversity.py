@@ -4,8 +4,8 @@
 Lexical figures come from `kernels/diversity.py` on Arrow buffers (`distinct_1..3`, `ngram_entropy_2`,
 `compression_ratio`: zlib level 6, `opening_concentration`) and the response structure classifier;
 embedding figures (`embedding_spread`, `vendi_score`, `cluster_coverage`) from MiniLM on a reservoir
-sample of the accepted rows (`kernels/embedding_diversity.py`), computed when the run ends, not at each
-commit (embedding the sample takes seconds on a CPU). `near_duplicate_rate` is the dedup stage's
+sample of the accepted rows (`kernels/embedding_diversity.py`), each row embedded once, at the commit
+that brings it into the sample. `near_duplicate_rate` is the dedup stage's
 rejections over the rows that reached it, per shard and cumulative.
 """
 
@@ -50,8 +50,8 @@ class DiversityTracker:
         self.distributions: dict[str, Counter[str]] = {name: Counter() for name in (*CATEGORIES, "structure")}
         self.near_duplicates = self.reached_dedup = 0
         self.deduplicated = False  # rows came from a run with its dedup stage's rejections
-        if self.config.embeddings:
-            load_embedding_model()
+        self._vectors: dict[int, np.ndarray] = {}  # MiniLM vectors by stream position
+        prepare(self.config)
 
     def update(self, kept: pa.Table, rejected: pa.Table | None = None) -> dict[str, Any]:
         """Add one shard's accepted rows (and its rejected ones, for the near-duplicate rate); return
@@ -78,18 +78,17 @@ class DiversityTracker:
             "structure": dict(sorted(structure.items())),
         }
 
-    def record(
-        self, kept: pa.Table | None, rejected: pa.Table | None, manifest: dict[str, Any], final: bool
-    ) -> None:
-        """A run's commit (the writer's `on_commit`): the shard's figures, the cumulative ones (MiniLM's
-        on the run's last commit only) and the flags, into the manifest's `diversity`."""
+    def record(self, kept: pa.Table | None, rejected: pa.Table | None, manifest: dict[str, Any]) -> None:
+        """A run's commit (the writer's `on_commit`): the shard's figures, the cumulative ones and the
+        flags, into the manifest's `diversity`. The reservoir's new rows are embedded here, as they
+        come, so the run's end does not wait for the whole sample to be embedded."""
         self.deduplicated = bool(manifest["recipe"]["dedup"]["enabled"])
         diversity = manifest.setdefault("diversity", {"shards": [], "cumulative": {}})
         if kept is not None and kept.num_rows:
             diversity["shards"].append({"commit": manifest["commits"], **self.update(kept, rejected)})
         elif rejected is not None:
             self._count_near_duplicates(rejected, 0)
-        diversity["cumulative"] = self.summary(embeddings=final and self.config.embeddings)
+        diversity["cumulative"] = self.summary()
 
     def restore_run(self, writer: DatasetWriter) -> None:
         """Rebuild the cumulative state of a resumed run from its committed rows (in commit order)."""
@@ -111,8 +110,8 @@ class DiversityTracker:
         self.reached_dedup += near + kept
         return near
 
-    def summary(self, embeddings: bool | None = None) -> dict[str, Any]:
-        """The cumulative figures; with `embeddings` (default: the config's) the MiniLM ones too."""
+    def summary(self) -> dict[str, Any]:
+        """The cumulative figures (the MiniLM ones too, unless the config turns them off)."""
         lexical = self.lexical.summary()
         figures: dict[str, Any] = {
             key: _rounded(value) for key, value in lexical.items() if key != "top_openings"
@@ -126,17 +125,14 @@ class DiversityTracker:
             name: dict(counts.most_common()) for name, counts in self.distributions.items() if counts
         }
         clusters: list[tuple[float, list[str]]] = []
-        use_embeddings = self.config.embeddings if embeddings is None else embeddings
-        if use_embeddings and len(self.reservoir) >= 2:
+        if self.config.embeddings and len(self.reservoir) >= 2:
             figures.update(self._embedding_figures(clusters))
         figures["flags"] = self._flags(lexical, figures["distributions"], clusters)
         return figures
 
     def _embedding_figures(self, clusters: list[tuple[float, list[str]]]) -> dict[str, Any]:
-        from synthkiln.engine.embeddings import embed  # loads MiniLM: only when asked
-
         sample = self.reservoir.items
-        rows = unit_rows(embed(sample))
+        rows = unit_rows(self._sample_vectors())
         k = min(DEFAULT_CLUSTERS, len(rows))
         _, labels = kmeans(rows, k, 0)
         counts = np.bincount(labels, minlength=k)
@@ -151,6 +147,18 @@ class DiversityTracker:
             ),
             "sample_size": len(rows),
         }
+
+    def _sample_vectors(self) -> np.ndarray:
+        """MiniLM vectors of the reservoir's rows, embedding only those not embedded at an earlier call."""
+        from synthkiln.engine.embeddings import embed  # loads MiniLM: only when asked
+
+        positions = self.reservoir.indices.tolist()
+        new = [slot for slot, position in enumerate(positions) if position not in self._vectors]
+        if new:
+            for slot, vector in zip(new, embed([self.reservoir.items[s] for s in new]), strict=True):
+                self._vectors[positions[slot]] = vector
+        self._vectors = {position: self._vectors[position] for position in positions}  # drop replaced rows
+        return np.stack([self._vectors[position] for position in positions])
 
     def _flags(
         self,
@@ -184,11 +192,19 @@ class DiversityTracker:
         return flags
 
 
-def load_embedding_model() -> None:
-    """Load MiniLM now (before generation, as the teachers are), and stop before anything is generated
-    when its wheel is missing."""
+def prepare(config: DiversityConfig) -> None:
+    """Load MiniLM and the lexical kernels now, before generation (as the teachers are), not at the
+    first commit; a missing MiniLM wheel stops the run before anything is generated."""
     from synthkiln.engine.embeddings import shared_embedder
 
+    warm = pa.array(["warm up the kernels"])
+    shard, cumulative = LexicalStats(), LexicalStats()
+    shard.update(warm)
+    cumulative.merge(shard)
+    cumulative.summary()
+    structure_counts(warm)
+    if not config.embeddings:
+        return
     try:
         shared_embedder()
     except SynthkilnError as exc:

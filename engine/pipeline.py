@@ -43,7 +43,6 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from synthkiln.engine.config import Recipe, load_recipe, recipe_from_dict
-from synthkiln.engine.diversity import DiversityTracker, load_embedding_model
 from synthkiln.engine.errors import RecipeError, SeedsError
 from synthkiln.engine.generation import Job, TeacherDriver
 from synthkiln.engine.output.writer import SEEDS_STAGE, DatasetWriter
@@ -227,8 +226,10 @@ class Pipeline:
         self._teachers = teachers
         self._owns_teachers = teachers is None  # teachers passed in are the caller's to close
         self._drivers: list[TeacherDriver] | None = None
-        if recipe.diversity.enabled and recipe.diversity.embeddings:
-            load_embedding_model()
+        if recipe.diversity.enabled:
+            from synthkiln.engine.diversity import prepare  # numba: see `run`
+
+            prepare(recipe.diversity)
         self.run_stats: dict[str, Any] = {}  # the last run's parts: occupancy, waits, bottleneck
 
     @classmethod
@@ -331,6 +332,11 @@ class Pipeline:
         self._check_seeds()  # before the directory is touched: a recipe error leaves nothing to clean
         self.run_stats = {}
         out_dir = Path(out_dir) if out_dir is not None else self.recipe.output_dir
+        # Imported here, not at the top: vLLM's workers re-import the script that starts them, and
+        # vLLM (0.32, CPU build) fails to start a worker in which numba is imported (its Triton
+        # kernel scan trips over llvmlite's library wrapper).
+        from synthkiln.engine.diversity import DiversityTracker
+
         tracker = DiversityTracker(self.recipe.diversity) if self.recipe.diversity.enabled else None
         # `_run_info` loads the teachers: called by the writer once the directory is ours.
         writer = DatasetWriter(

@@ -49,10 +49,10 @@ class DatasetWriter:
         schema: pa.Schema = ROW_SCHEMA,
         fresh: bool = False,
         allow_changed_inputs: bool = False,
-        on_commit: Callable[[pa.Table | None, pa.Table | None, dict[str, Any], bool], None] | None = None,
+        on_commit: Callable[[pa.Table | None, pa.Table | None, dict[str, Any]], None] | None = None,
     ) -> None:
-        """`on_commit(kept, rejected, manifest, final)` adds to the manifest what is measured on each
-        commit's rows (diversity), before the manifest is published; `final` on the run's last."""
+        """`on_commit(kept, rejected, manifest)` adds to the manifest what is measured on each commit's
+        rows (diversity), before the manifest is published."""
         self.out_dir = Path(out_dir)
         self._on_commit = on_commit
         self.schema = schema
@@ -123,7 +123,7 @@ class DatasetWriter:
                 new_shards[folder].append(shard)
         self._update_manifest(kept, rejected, new_shards, complete)
         if self._on_commit is not None:
-            self._on_commit(kept, rejected, self.manifest, complete is not None)
+            self._on_commit(kept, rejected, self.manifest)
         self.directory.commit(self.manifest, render_card(self.manifest))
         self._pending_kept, self._pending_rejected = [], []
         self._pending_rows = 0

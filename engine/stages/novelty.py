@@ -29,6 +29,9 @@ class Novelty(Stage):
         self.min_novelty, self.ngram, self.text_field = min_novelty, ngram, text_field
         self.restore_columns = (text_field,)
         self._seen = KeyTable()
+        filter_novel(
+            pa.array(["warm up the kernel"]), KeyTable(), min_novelty, ngram
+        )  # load it now, not mid-run
 
     def process(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         scores, kept = filter_novel(batch.column(self.text_field), self._seen, self.min_novelty, self.ngram)

@@ -7,6 +7,8 @@ These use the deterministic ScriptedTeacher where the verdict depends on complet
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -139,9 +141,7 @@ def test_a_refused_request_is_quarantined_and_the_run_goes_on(tmp_path: Path) ->
     assert len(rows(tmp_path / "out")) == 2 * (len(WORDS) - 1)
     refused = pq.read_table(tmp_path / "out" / "rejected").to_pylist()
     assert [(r["reason"], r["sample_index"]) for r in refused] == [("teacher-refused", None)]
-    assert refused[0]["detail"] == (
-        "seeds.jsonl line 4: teacher 'scripted': HTTP 400: prompt too long"
-    )
+    assert refused[0]["detail"] == ("seeds.jsonl line 4: teacher 'scripted': HTTP 400: prompt too long")
     assert manifest["pipeline"]["teachers"]["scripted"]["refused"] == 1
 
 
@@ -188,7 +188,9 @@ def test_the_driver_serves_other_threads_while_the_pipeline_streams() -> None:
     teacher = ScriptedTeacher(SCRIPT, polls={"w00": 3})
     driver = TeacherDriver(teacher)
     try:
-        requests = [GenerationRequest([{"role": "user", "content": f"Rate {w}."}], n=2) for w in ("w00", "w01")]
+        requests = [
+            GenerationRequest([{"role": "user", "content": f"Rate {w}."}], n=2) for w in ("w00", "w01")
+        ]
         answers = driver.generate(requests, SamplingConfig(temperature=0))
     finally:
         driver.close()
@@ -212,3 +214,11 @@ def test_engines_get_gpus_of_their_own_then_share_only_what_fits() -> None:
         plan_gpus([vllm("a", replicas=3)], 2)
     with pytest.raises(TeacherError, match="tensor_parallel_size 4 needs 4 GPUs; this node has 2"):
         plan_gpus([vllm("a", tp=4)], 2)
+
+
+def test_importing_the_engine_does_not_import_numba() -> None:
+    """vLLM's workers re-import the script that starts them, and vLLM 0.32 cannot start a worker in
+    which numba is imported: a script that imports the pipeline must not pull numba in with it."""
+    script = "import sys, synthkiln.engine, synthkiln.engine.cli; print(sorted({'numba', 'llvmlite'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
