@@ -44,6 +44,7 @@ class DiversityTracker:
 
     def __init__(self, config: DiversityConfig | None = None, text_field: str = "response") -> None:
         self.config = config or DiversityConfig()
+        self.embeddings = embeddings_on(self.config)
         self.text_field = text_field
         self.lexical = LexicalStats()
         self.reservoir: Reservoir[str] = Reservoir(self.config.sample_size, seed=0)
@@ -125,7 +126,7 @@ class DiversityTracker:
             name: dict(counts.most_common()) for name, counts in self.distributions.items() if counts
         }
         clusters: list[tuple[float, list[str]]] = []
-        if self.config.embeddings and len(self.reservoir) >= 2:
+        if self.embeddings and len(self.reservoir) >= 2:
             figures.update(self._embedding_figures(clusters))
         figures["flags"] = self._flags(lexical, figures["distributions"], clusters)
         return figures
@@ -192,6 +193,17 @@ class DiversityTracker:
         return flags
 
 
+def embeddings_on(config: DiversityConfig) -> bool:
+    """Whether the MiniLM figures are measured: as set, or (auto) where a GPU is present."""
+    if config.embeddings != "auto":
+        return config.embeddings
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 def prepare(config: DiversityConfig) -> None:
     """Load MiniLM and the lexical kernels now, before generation (as the teachers are), not at the
     first commit; a missing MiniLM wheel stops the run before anything is generated."""
@@ -203,7 +215,7 @@ def prepare(config: DiversityConfig) -> None:
     cumulative.merge(shard)
     cumulative.summary()
     structure_counts(warm)
-    if not config.embeddings:
+    if not embeddings_on(config):
         return
     try:
         shared_embedder()

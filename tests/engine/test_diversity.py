@@ -209,3 +209,15 @@ def test_the_command_names_a_missing_text_field(tmp_path: Path, capsys: pytest.C
     path.write_text(json.dumps({"text": "hello"}) + "\n")
     assert main(["diversity", str(path)]) == 2
     assert capsys.readouterr().err == f"error: {path}: no field 'response' (fields: text); use --text-field\n"
+
+
+def test_the_embedding_figures_cover_the_sample_when_asked(tmp_path: Path) -> None:
+    config = recipe(tmp_path, embeddings=True, sample_size=10)
+    with Pipeline.from_recipe(config, teachers=[ScriptedTeacher(SCRIPT)]) as pipeline:
+        manifest = pipeline.run(tmp_path / "out", progress=False)
+    cumulative = manifest["diversity"]["cumulative"]
+    assert cumulative["sample_size"] == 10  # a reservoir of 10 of the 24 accepted rows
+    assert 0 < cumulative["embedding_spread"] < 1 and 1 < cumulative["vendi_score"] <= 10
+    # Every commit measured them, each on the sample as it stood.
+    shards = manifest["diversity"]["shards"]
+    assert len(shards) > 1 and cumulative["rows"] == 24
