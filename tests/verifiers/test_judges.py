@@ -82,7 +82,7 @@ def test_judge_grades_with_a_real_model(hf_teacher) -> None:
     from synthkiln.engine.stages.verify import _generate
 
     replies: list[str] = []
-    real = _generate(hf_teacher, 96)
+    real = _generate(lambda: hf_teacher, 96)
     judge = Judge(lambda prompts: replies.extend(real(prompts)) or replies[-len(prompts) :], threshold=5)
     with VerifierPool(workers=1) as pool:
         verdicts = pool.check_batch(judge, QUESTIONS)
