@@ -13,7 +13,14 @@ rows, and their results compared (they must agree, or the ratio means nothing):
 The Python side is what a data engineer writes without kernels: `str.translate` + split on the same
 normalisation, sets and a `Counter` of word tuples, `math.log2`, `zlib`, and `re` per line.
 
-    python benchmarks/bench_diversity.py
+`pipeline` (a second report, `diversity_pipeline_cpu.json`): the cost of diversity inside a run, at
+quickstart rates. `examples/quickstart.toml` as shipped (the embedded SmolLM2 on transformers) run with
+diversity off, at its defaults (measured per commit; the MiniLM figures are off on a CPU), and with
+novelty rejection and steering on too; one loaded teacher serves every run, in the order off, on,
+steered, off, and the overhead is the wall time per generated token over the mean of the two "off"
+runs. Also MiniLM's embedding rate (rows/s) on GSM8K answers, what `embeddings = true` adds per row.
+
+    python benchmarks/bench_diversity.py [lexical|pipeline]   (both by default)
 """
 
 from __future__ import annotations
@@ -22,9 +29,12 @@ import itertools
 import json
 import math
 import re
+import sys
+import tempfile
 import time
 import zlib
 from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 from common import GSM8K, best_of, save_report
@@ -169,7 +179,7 @@ def best_with_result(runs: int, function) -> tuple[object, float]:
     return result, fastest
 
 
-def main() -> None:
+def lexical_benchmark() -> None:
     answers = [json.loads(line)["answer"] for line in GSM8K.read_text().splitlines()]
     rows = (answers * (ROWS // len(answers) + 1))[:ROWS]
     array = pa.array(rows, pa.large_string())
@@ -256,5 +266,69 @@ def main() -> None:
     )
 
 
+QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.toml"
+PIPELINE_CASES = {
+    "off": {"diversity.enabled": "false"},
+    "on": {},
+    "steered": {"diversity.min_novelty": "0.1", "diversity.steering.enabled": "true"},
+}
+
+
+def pipeline_benchmark() -> None:
+    from synthkiln.engine import Pipeline
+    from synthkiln.engine.config import load_recipe
+    from synthkiln.engine.embeddings import embed
+    from synthkiln.engine.teachers import build_teachers
+
+    base = load_recipe(QUICKSTART)
+    teacher = build_teachers(base.teachers)[0]
+    runs = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for position, case in enumerate(["off", "on", "steered", "off"]):
+            overrides = [f"{key}={value}" for key, value in PIPELINE_CASES[case].items()]
+            recipe = load_recipe(QUICKSTART, overrides)
+            with Pipeline(recipe, teachers=[teacher]) as pipeline:
+                started = time.perf_counter()
+                manifest = pipeline.run(Path(scratch) / f"{position}-{case}", progress=False)
+                wall = time.perf_counter() - started
+            tokens = manifest["tokens"]["completion"]
+            runs.append(
+                {
+                    "case": case,
+                    "wall_seconds": round(wall, 2),
+                    "completion_tokens": tokens,
+                    "seconds_per_1k_tokens": round(1000 * wall / tokens, 3),
+                    "accepted": manifest["funnel"]["accepted"],
+                    "steering_decisions": len((manifest.get("steering") or {}).get("decisions", [])),
+                }
+            )
+            print(runs[-1], file=sys.stderr)
+    teacher.close()
+    off = sum(r["seconds_per_1k_tokens"] for r in runs if r["case"] == "off") / 2
+    overhead = {
+        case: round(next(r for r in runs if r["case"] == case)["seconds_per_1k_tokens"] / off - 1, 4)
+        for case in ("on", "steered")
+    }
+    answers = [json.loads(line)["answer"] for line in GSM8K.read_text().splitlines()][:512]
+    embed(answers[:64])  # load the model
+    embedding_seconds = best_of(2, lambda: embed(answers))
+    save_report(
+        "diversity_pipeline_cpu",
+        {
+            "benchmark": "diversity_pipeline",
+            "recipe": "examples/quickstart.toml (as shipped)",
+            "runs": runs,
+            "overhead_vs_off": overhead,
+            "target_overhead": 0.05,
+            "minilm_rows_per_second": round(len(answers) / embedding_seconds, 1),
+            "minilm_rows": len(answers),
+        },
+    )
+
+
 if __name__ == "__main__":
-    main()
+    parts = sys.argv[1:] or ["lexical", "pipeline"]
+    if "lexical" in parts:
+        lexical_benchmark()
+    if "pipeline" in parts:
+        pipeline_benchmark()

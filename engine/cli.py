@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from synthkiln.engine.controller import describe as describe_steering
 from synthkiln.engine.errors import SynthkilnError
 
 
@@ -232,6 +233,7 @@ def format_funnel(manifest: dict[str, Any]) -> str:
             f"flag: {flag['kind']} concentrated, {100 * flag['share']:.1f}% of rows over the "
             f"{100 * flag['max_share']:.0f}% limit{example}"
         )
+    lines.extend(describe_steering(manifest))
     return "\n".join(lines)
 
 

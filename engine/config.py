@@ -264,6 +264,65 @@ class ConcentrationConfig(_Strict):
     min_rows: int = Field(50, ge=1, description="Accepted rows before any share is flagged.")
 
 
+STEERED_DIMENSIONS = ("persona", "format", "difficulty")
+
+
+def steered_values(task: _TaskBase, dimension: str) -> list[str]:
+    """The values the task lists for a steered dimension (persona -> personas, ...)."""
+    return {"persona": task.personas, "format": task.formats, "difficulty": task.difficulties}[dimension]
+
+
+class SteeringConfig(_Strict):
+    """Feedback from committed rows to the prompts rendered later (`engine/controller.py`)."""
+
+    enabled: bool = Field(False, description="Re-weight persona/format/difficulty and move the temperature.")
+    lag: int = Field(
+        4,
+        ge=0,
+        description="Windows between what is measured and the policy it sets: window w follows the "
+        "windows before w - lag, so the teachers keep streaming meanwhile (lag x batch_size should exceed "
+        "twice the requests in flight).",
+    )
+    span: int = Field(
+        4, ge=1, description="Windows per decision: measured over the last span, at most one change per span."
+    )
+    targets: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Target shares of accepted rows per persona, format and difficulty value; default: "
+        "uniform over the values listed in the task.",
+    )
+    temperature: tuple[float, float] | None = Field(
+        None, description="Bounds the temperature moves within; default: [sampling.temperature, + 0.4]."
+    )
+    temperature_step: float = Field(0.1, gt=0, description="Change of temperature per decision.")
+    raise_above: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="Raise the temperature when this share of samples is rejected as near-duplicate or "
+        "low-novelty.",
+    )
+    pass_rate_drop: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="Lower it when the verification pass rate falls this far below its first measure.",
+    )
+    min_samples: int = Field(32, ge=1, description="Samples measured before the first re-weighting.")
+
+    @model_validator(mode="after")
+    def _known_dimensions(self) -> SteeringConfig:
+        unknown = sorted(set(self.targets) - set(STEERED_DIMENSIONS))
+        if unknown:
+            raise ValueError(f"targets: unknown dimension(s) {unknown}; steered: {list(STEERED_DIMENSIONS)}")
+        for dimension, shares in self.targets.items():
+            if any(share < 0 for share in shares.values()) or sum(shares.values()) <= 0:
+                raise ValueError(f"targets.{dimension}: shares must be >= 0 with a positive sum")
+        if self.temperature is not None and not 0 <= self.temperature[0] <= self.temperature[1]:
+            raise ValueError("temperature: bounds must be [low, high] with 0 <= low <= high")
+        return self
+
+
 class DiversityConfig(_Strict):
     """Diversity measured on accepted rows as they are committed (manifest `diversity`), novelty
     rejection, and concentration flags."""
@@ -286,6 +345,14 @@ class DiversityConfig(_Strict):
         "a CPU, MiniLM embeds ~10-90 rows/s, a cost comparable to generating with a small model).",
     )
     max_share: ConcentrationConfig = Field(default_factory=ConcentrationConfig)
+    steering: SteeringConfig = Field(default_factory=SteeringConfig)
+    stop_below: float | None = Field(
+        None,
+        gt=0,
+        description="Stop the run when accepted rows bring fewer novel n-grams (`novelty_ngram`) than this "
+        "per 1,000 rows, over the last `stop_rows` accepted rows; off by default.",
+    )
+    stop_rows: int = Field(1000, ge=1, description="Accepted rows `stop_below` is measured over.")
 
 
 class BenchmarkConfig(_Strict):
@@ -405,6 +472,17 @@ class Recipe(_Strict):
             raise ValueError(f"teacher names must be unique, got {labels}; set `name` on each teacher")
         return self
 
+    @model_validator(mode="after")
+    def _targets_name_listed_values(self) -> Recipe:
+        for dimension, shares in self.diversity.steering.targets.items():
+            listed = steered_values(self.task, dimension)
+            unknown = sorted(set(shares) - set(listed))
+            if unknown:
+                raise ValueError(
+                    f"diversity.steering.targets.{dimension}: {unknown} not in the task's listed values {listed}"
+                )
+        return self
+
     @property
     def output_dir(self) -> Path:
         return Path(self.output.dir or f"out/{self.name}")
@@ -425,6 +503,15 @@ class Recipe(_Strict):
         if diversity["min_novelty"] is not None:
             content["novelty"] = {
                 "min_novelty": diversity["min_novelty"],
+                "ngram": diversity["novelty_ngram"],
+            }
+        # Steering and early stopping decide which prompts are rendered and how they are sampled.
+        if diversity["steering"]["enabled"]:
+            content["steering"] = diversity["steering"]
+        if diversity["stop_below"] is not None:
+            content["stop"] = {
+                "below": diversity["stop_below"],
+                "rows": diversity["stop_rows"],
                 "ngram": diversity["novelty_ngram"],
             }
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))

@@ -42,7 +42,8 @@ from typing import Any
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from synthkiln.engine.config import Recipe, load_recipe, recipe_from_dict
+from synthkiln.engine.config import Recipe, SamplingConfig, load_recipe, recipe_from_dict
+from synthkiln.engine.controller import UNSTEERED, Policy, Rotation, Steering
 from synthkiln.engine.errors import RecipeError, SeedsError
 from synthkiln.engine.generation import Job, TeacherDriver
 from synthkiln.engine.output.writer import SEEDS_STAGE, DatasetWriter
@@ -108,9 +109,11 @@ class _Progress:
 
 @dataclass
 class _Window:
+    index: int  # windows are numbered in seed order from 0, done ones included
     prompts: list[Prompt]  # still to generate
     finished: int  # prompts of this window already committed by an earlier run
     quarantined: list[dict[str, Any]] = field(default_factory=list)  # rejected rows for bad seed rows
+    temperature: float | None = None  # the steering policy's; None: the recipe's
     # Prompts cut at --limit by an earlier run: their committed samples, generated again but left out.
     committed: dict[str, frozenset[int]] = field(default_factory=dict)
 
@@ -172,9 +175,10 @@ class _Feeder(threading.Thread):
     def run(self) -> None:
         started = time.monotonic()
         pipeline = self.pipeline
-        n, sampling = pipeline.recipe.generation.samples_per_prompt, pipeline.recipe.sampling
+        n = pipeline.recipe.generation.samples_per_prompt
         try:
-            for window in pipeline._windows(self.done):
+            for window in pipeline._windows(self.done, self.stop):
+                sampling = pipeline._sampling(window)
                 for prompt in window.prompts:
                     if not self.room.take(self.stop):
                         return
@@ -231,6 +235,7 @@ class Pipeline:
 
             prepare(recipe.diversity)
         self.run_stats: dict[str, Any] = {}  # the last run's parts: occupancy, waits, bottleneck
+        self._steering: Steering | None = None  # this run's controller (engine/controller.py), when steered
 
     @classmethod
     def from_recipe(
@@ -296,12 +301,13 @@ class Pipeline:
         `limit` ends the stream after exactly that many rows, cut as `run` cuts them.
         """
         self._check_seeds()
+        self._steering = self._new_steering()
         accepted = 0
-        for step in self._steps(_Progress(self.recipe.generation.samples_per_prompt)):
-            kept = step.kept if limit is None else _within(step, limit - accepted).kept
-            if len(kept):
-                yield kept
-            accepted += len(kept)
+        room = (lambda: limit - accepted) if limit is not None else None
+        for step in self._steps(_Progress(self.recipe.generation.samples_per_prompt), room=room):
+            if len(step.kept):
+                yield step.kept
+            accepted += len(step.kept)
             if limit is not None and accepted >= limit:
                 return
 
@@ -338,6 +344,7 @@ class Pipeline:
         from synthkiln.engine.diversity import DiversityTracker
 
         tracker = DiversityTracker(self.recipe.diversity) if self.recipe.diversity.enabled else None
+        steering = self._steering = self._new_steering()
         # `_run_info` loads the teachers: called by the writer once the directory is ours.
         writer = DatasetWriter(
             out_dir,
@@ -346,7 +353,7 @@ class Pipeline:
             self.schema,
             fresh,
             allow_changed_inputs,
-            on_commit=tracker.record if tracker is not None else None,
+            on_commit=[part.record for part in (tracker, steering) if part is not None],
         )
         complete, stopped = False, None
         bar: tqdm | None = None
@@ -362,12 +369,16 @@ class Pipeline:
                     stage.restore(writer.committed_rows(list(stage.restore_columns), rejected_by=later))
             if tracker is not None:
                 tracker.restore_run(writer)
+            if steering is not None:
+                steering.restore(
+                    writer.manifest,
+                    lambda: writer.committed_rows(["response"]).column("response").combine_chunks(),
+                )
             done = _Progress(self.recipe.generation.samples_per_prompt, writer.committed_samples)
             at_limit = limit is not None and writer.accepted >= limit
             if not at_limit:
-                for step in self._steps(done, bar=bar):
-                    if limit is not None:
-                        step = _within(step, limit - writer.accepted)
+                room = (lambda: limit - writer.accepted) if limit is not None else None
+                for step in self._steps(done, bar=bar, room=room):
                     writer.add(step.kept, step.rejected, step.generation_seconds, step.device_seconds)
                     done.add(step.kept, step.rejected)
                     bar.set_postfix(accepted=writer.accepted, rejected=writer.rejected)
@@ -381,6 +392,9 @@ class Pipeline:
                 complete = not left
             else:
                 complete = True
+                if steering is not None and steering.stopped:
+                    # The policy ended the run (diversity exhausted): complete, as a rerun would stop there too.
+                    stopped = {"early_stop": steering.stopped, "seeds_left": self._seeds_left(done)}
         finally:
             if bar is not None:
                 bar.close()
@@ -409,7 +423,7 @@ class Pipeline:
             )
             for index, text in enumerate(prompts)
         ]
-        window = _Window(rendered, finished=0)
+        window = _Window(0, rendered, finished=0)
         window.prompts = self._fitting(window)
         results: queue.SimpleQueue[Finished] = queue.SimpleQueue()
         started = [d.occupancy.busy_seconds() for d in self.drivers]
@@ -442,19 +456,23 @@ class Pipeline:
 
     # -- the flow ------------------------------------------------------------------------------
 
-    def _steps(self, done: _Progress, bar: tqdm | None = None) -> Iterator[StepResult]:
+    def _steps(
+        self, done: _Progress, bar: tqdm | None = None, room: Callable[[], int] | None = None
+    ) -> Iterator[StepResult]:
         """The windows' curated rows, in seed order, while the teachers stream (see the module
-        docstring); the run's numbers end in `self.run_stats`."""
+        docstring), each cut to `room()` accepted rows when given (see `_within`); the run's numbers
+        end in `self.run_stats`. What is yielded is what the caller commits: the steering controller
+        observes it so."""
         started = time.monotonic()
         drivers = self.drivers
         teachers = [driver.teacher for driver in drivers]
         # Room for every teacher to be full twice over (prompts finished early wait for the older
         # ones of their window) plus the window being curated.
-        room = _Room(
+        ahead = _Room(
             2 * sum(d.max_in_flight for d in drivers) + self.recipe.generation.batch_size,
             lambda: any(d.idle for d in drivers),
         )
-        feeder = _Feeder(self, done, drivers, room)
+        feeder = _Feeder(self, done, drivers, ahead)
         stage_s: Counter[str] = Counter()
         busy_before = [d.occupancy.busy_seconds() for d in drivers]
         finished: dict[str, Finished] = {}
@@ -466,6 +484,8 @@ class Pipeline:
                 if bar is not None:
                     bar.update(window.finished)
                 if not (window.prompts or window.quarantined):
+                    if self._steering is not None:
+                        self._steering.observe(window.index, None, None)
                     continue
                 for prompt in window.prompts:
                     while prompt.prompt_id not in finished:
@@ -485,12 +505,16 @@ class Pipeline:
                     sum(s * t.devices for s, t in zip(spent, teachers, strict=True)),
                 )
                 step = self._curate(generated, stage_s)
+                if room is not None:
+                    step = _within(step, room())
                 if bar is not None:
                     bar.update(len(window.prompts))
+                if self._steering is not None:
+                    self._steering.observe(window.index, step.kept, step.rejected)
                 committing = time.monotonic()
                 yield step  # the caller commits it
                 stage_s["commit"] += time.monotonic() - committing
-                room.give(len(window.prompts))
+                ahead.give(len(window.prompts))
             if feeder.failure is not None:
                 raise feeder.failure
             stopped_by_error = False
@@ -503,7 +527,7 @@ class Pipeline:
             for driver in drivers:
                 driver.cancel(wait=not stopped_by_error)
             _restore_threads(threads)
-            self.run_stats = _run_stats(time.monotonic() - started, drivers, feeder, room, stage_s)
+            self.run_stats = _run_stats(time.monotonic() - started, drivers, feeder, ahead, stage_s)
 
     def _wait(self, source: queue.SimpleQueue, feeder: _Feeder) -> Any:
         """The next item of `source`, raising a teacher's or the feeder's failure instead of waiting
@@ -517,20 +541,19 @@ class Pipeline:
                 if feeder.failure is not None:
                     raise feeder.failure from None
 
-    def _windows(self, done: _Progress) -> Iterator[_Window]:
+    def _windows(self, done: _Progress, stop: threading.Event) -> Iterator[_Window]:
+        """The run's windows in seed order, screened, each with its policy's temperature."""
         size = self.recipe.generation.batch_size
-        seen: set[str] = set()
-        window = _Window([], 0)
-        for seed, prompts, problem in self._rendered():
+        window = _Window(0, [], 0)
+        for seed, prompts, problem in self._rendered(lambda index: self._policy(index, stop)):
+            if prompts is None:  # the policy ends the run here (or the run is stopping)
+                break
             if problem is not None:
                 row = _quarantine_row(seed, self.task.kind, problem)
                 if not done.done(row["prompt_id"]):
                     window.quarantined.append(row)
                 continue
             for prompt in prompts:
-                if prompt.prompt_id in seen:  # identical seed rows render identical prompts
-                    continue
-                seen.add(prompt.prompt_id)
                 if done.done(prompt.prompt_id):
                     window.finished += 1
                 else:
@@ -539,33 +562,85 @@ class Pipeline:
                     if committed:
                         window.committed[prompt.prompt_id] = committed
                 if window.finished + len(window.prompts) == size:
+                    if not self._follow_policy(window, stop):
+                        return
                     yield self._screen(window)
-                    window = _Window([], 0)
-        if window.prompts or window.finished or window.quarantined:
+                    window = _Window(window.index + 1, [], 0)
+        if (window.prompts or window.finished or window.quarantined) and self._follow_policy(window, stop):
             yield self._screen(window)
 
-    def _rendered(self) -> Iterator[tuple[SeedRow, list[Prompt], str | None]]:
-        """Every seed row with its prompts, or with the reason it cannot have any."""
+    def _follow_policy(self, window: _Window, stop: threading.Event) -> bool:
+        """Give the window its policy's temperature; False when the run stops first."""
+        policy = self._policy(window.index, stop)
+        if policy is None:
+            return False
+        window.temperature = policy.temperature
+        return True
+
+    def _rendered(
+        self, policy: Callable[[int], Policy | None]
+    ) -> Iterator[tuple[SeedRow, list[Prompt] | None, str | None]]:
+        """Every seed row with its prompts not rendered before (identical seed rows render identical
+        prompts), or with the reason it cannot have any; past the point where `policy` is not known
+        or stops the run, the rows come with None.
+
+        A seed row's prompts follow the policy of the window its first prompt falls in (windows are
+        `batch_size` prompts in this order): one traversal serves the run and the count of seed rows
+        left, so both see the same prompts."""
+        size = self.recipe.generation.batch_size
+        placed, seen, rotation = 0, set(), Rotation()
+        ended = False
         for ordinal, seed in enumerate(read_seeds(self.recipe.seeds)):
+            current = None if ended else policy(placed // size)
+            if current is None or current.stop:
+                ended = True
+                yield seed, None, None
+                continue
             if seed.error is not None:
                 yield seed, [], seed.error
                 continue
+            rotation.weights = current.weights or {}
             try:
-                prompts = self.task.prompts(seed, ordinal)
+                rendered = self.task.prompts(
+                    seed, ordinal, rotation.choose if current.weights is not None else None
+                )
             except SeedRowError as exc:
                 yield seed, [], str(exc)
                 continue
+            prompts = []
+            for prompt in rendered:
+                if prompt.prompt_id not in seen:
+                    seen.add(prompt.prompt_id)
+                    prompts.append(prompt)
+            placed += len(prompts)
             yield seed, prompts, None
 
     def _seeds_left(self, done: _Progress) -> int:
         """Seed rows that still have a prompt (or a quarantine row) to do."""
         left = 0
-        for seed, prompts, problem in self._rendered():
-            if problem is not None:
+        for seed, prompts, problem in self._rendered(lambda index: self._policy(index, None)):
+            if prompts is None:
+                left += 1
+            elif problem is not None:
                 left += not done.done(_quarantine_row(seed, self.task.kind, problem)["prompt_id"])
             else:
                 left += any(not done.done(p.prompt_id) for p in prompts)
         return left
+
+    def _new_steering(self) -> Steering | None:
+        diversity = self.recipe.diversity
+        if not (diversity.steering.enabled or diversity.stop_below is not None):
+            return None
+        return Steering(diversity, self.recipe.sampling, self.recipe.task, [s.name for s in self.stages])
+
+    def _policy(self, window: int, stop: threading.Event | None) -> Policy | None:
+        """Window `window`'s policy (see `Steering.policy`)."""
+        return UNSTEERED if self._steering is None else self._steering.policy(window, stop)
+
+    def _sampling(self, window: _Window) -> SamplingConfig:
+        if window.temperature is None:
+            return self.recipe.sampling
+        return self.recipe.sampling.model_copy(update={"temperature": window.temperature})
 
     def _check_seeds(self) -> None:
         """Stop on a recipe error, which would otherwise end "complete" with nothing in it: no seed
@@ -679,7 +754,7 @@ class Pipeline:
             for index, completion in enumerate(finished.completions):
                 if index in committed:  # an earlier run committed it (a prompt cut at --limit)
                     continue
-                row, problem = self._row(prompt, teacher, index, completion)
+                row, problem = self._row(prompt, teacher, index, completion, self._sampling(window))
                 if problem is None:
                     rows.append(row)
                 else:
@@ -700,7 +775,7 @@ class Pipeline:
         return StepResult(kept, rejected_batch, generated.generation_seconds, generated.device_seconds)
 
     def _row(
-        self, prompt: Prompt, teacher: Teacher, index: int, completion: Completion
+        self, prompt: Prompt, teacher: Teacher, index: int, completion: Completion, sampling: SamplingConfig
     ) -> tuple[dict, str | None]:
         problem = None
         try:
@@ -710,7 +785,6 @@ class Pipeline:
             problem = str(exc)
             response = completion.text
             messages, answer = [*prompt.messages, {"role": "assistant", "content": response}], None
-        sampling = self.recipe.sampling
         identity = f"{prompt.prompt_id}\0{index}\0{response}"
         row = {
             "id": hashlib.sha256(identity.encode()).hexdigest()[:16],

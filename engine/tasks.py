@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,21 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from synthkiln.engine.config import AugmentationTask, DomainTask, InstructionTask, ReasoningTask, TaskConfig
+from synthkiln.engine.config import (
+    STEERED_DIMENSIONS,
+    AugmentationTask,
+    DomainTask,
+    InstructionTask,
+    ReasoningTask,
+    TaskConfig,
+    steered_values,
+)
 from synthkiln.engine.errors import RecipeError
 from synthkiln.engine.seeds import SeedRow
 from synthkiln.verifiers.answers import extract_final_answer
 
 _TEMPLATES = Path(__file__).parent / "templates"
+Choose = Callable[[str, list[str]], str]  # (dimension, listed values) -> the value for one prompt
 _ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
 
 
@@ -73,21 +83,31 @@ class Task:
             raise RecipeError(f"task template: line {exc.lineno}: {exc.message}") from None
         self.template_hash = hashlib.sha256(f"{config.system or ''}\0{source}".encode()).hexdigest()[:16]
 
-    def prompts(self, seed: SeedRow, ordinal: int) -> list[Prompt]:
-        """Prompts for the `ordinal`-th seed row; raises SeedRowError for an unusable row."""
+    def prompts(self, seed: SeedRow, ordinal: int, choose: Choose | None = None) -> list[Prompt]:
+        """Prompts for the `ordinal`-th seed row; raises SeedRowError for an unusable row.
+
+        Persona, format and difficulty rotate with the prompt's ordinal, unless `choose(dimension,
+        values)` picks them (steering: `engine/controller.py`)."""
         assert seed.fields is not None
         prompts = []
         per_seed = self.config.prompts_per_seed
         for variant in self._variants():
             for step in range(per_seed):
                 rotation = ordinal * per_seed + step
+                picked = {
+                    dimension: (
+                        choose(dimension, values)
+                        if choose is not None and values
+                        else _pick(values, rotation)
+                    )
+                    for dimension in STEERED_DIMENSIONS
+                    for values in [steered_values(self.config, dimension)]
+                }
                 context = {
                     **seed.fields,
                     **self._slots(seed.fields),
                     "seed": seed.fields,
-                    "persona": _pick(self.config.personas, rotation),
-                    "format": _pick(self.config.formats, rotation),
-                    "difficulty": _pick(self.config.difficulties, rotation),
+                    **picked,
                     "variant": variant,
                 }
                 prompts.append(self._prompt(seed, context))

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from synthkiln.engine.controller import describe as describe_steering
 from synthkiln.engine.models import EMBEDDED_MODELS, EMBEDDED_PREFIX
 
 
@@ -84,6 +85,7 @@ def render_card(manifest: dict[str, Any]) -> str:
         ),
         "",
         *_diversity(manifest.get("diversity")),
+        *_steering(manifest),
         "## Verification and decontamination",
         "",
         _listing("Verified with", manifest.get("verifiers", []), "no verifier beyond the cheap filters"),
@@ -177,6 +179,13 @@ def _diversity(diversity: dict[str, Any] | None) -> list[str]:
     if figures.get("flags"):
         lines.append("")
     return lines
+
+
+def _steering(manifest: dict[str, Any]) -> list[str]:
+    lines = describe_steering(manifest)
+    if not lines:
+        return []
+    return ["## Steering", "", *(f"- {line[0].upper()}{line[1:]}." for line in lines), ""]
 
 
 def _sampling(recipe: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +49,10 @@ class DatasetWriter:
         schema: pa.Schema = ROW_SCHEMA,
         fresh: bool = False,
         allow_changed_inputs: bool = False,
-        on_commit: Callable[[pa.Table | None, pa.Table | None, dict[str, Any]], None] | None = None,
+        on_commit: Sequence[Callable[[pa.Table | None, pa.Table | None, dict[str, Any]], None]] = (),
     ) -> None:
-        """`on_commit(kept, rejected, manifest)` adds to the manifest what is measured on each commit's
-        rows (diversity), before the manifest is published."""
+        """Each `on_commit(kept, rejected, manifest)` adds to the manifest what is measured on each
+        commit's rows (diversity, steering), before the manifest is published."""
         self.out_dir = Path(out_dir)
         self._on_commit = on_commit
         self.schema = schema
@@ -122,8 +122,8 @@ class DatasetWriter:
                 shard = self.directory.write_shard(table, f"{folder}/part-{index:05d}.parquet")
                 new_shards[folder].append(shard)
         self._update_manifest(kept, rejected, new_shards, complete)
-        if self._on_commit is not None:
-            self._on_commit(kept, rejected, self.manifest)
+        for hook in self._on_commit:
+            hook(kept, rejected, self.manifest)
         self.directory.commit(self.manifest, render_card(self.manifest))
         self._pending_kept, self._pending_rejected = [], []
         self._pending_rows = 0

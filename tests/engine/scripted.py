@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from synthkiln.engine.config import SamplingConfig
 from synthkiln.engine.teachers import Completion, Finished, GenerationRequest, Teacher
@@ -10,7 +11,8 @@ from synthkiln.engine.teachers import Completion, Finished, GenerationRequest, T
 
 class ScriptedTeacher(Teacher):
     """Answers each prompt with fixed samples, picked by a word of the prompt: runs are reproducible
-    whatever the batching, and the samples can be near-duplicates of each other on purpose.
+    whatever the batching, and the samples can be near-duplicates of each other on purpose. A script
+    may instead be a function of the prompt's last message and the sampling settings.
 
     A request takes `polls[word]` polls to finish (1 by default), so prompts can finish out of the
     order they were submitted in; `finished` records their words in the order they left. A poll with requests in
@@ -21,7 +23,7 @@ class ScriptedTeacher(Teacher):
 
     def __init__(
         self,
-        script: dict[str, list[str]],
+        script: dict[str, list[str]] | Callable[[str, SamplingConfig], list[str]],
         polls: dict[str, int] | None = None,
         capacity: int = 8,
         name: str = "scripted",
@@ -35,6 +37,7 @@ class ScriptedTeacher(Teacher):
             poll_seconds,
         )
         self.asked: list[str] = []
+        self.temperatures: list[float] = []  # each request's, in the order they were submitted
         self.finished: list[str] = []
         self.finished_at: list[float] = []  # time.monotonic() of each, in the same order
         self._running: dict[str, tuple[int, list[Completion]]] = {}
@@ -49,9 +52,15 @@ class ScriptedTeacher(Teacher):
         return len(self._running)
 
     def submit(self, request: GenerationRequest, sampling: SamplingConfig) -> None:
-        word = next(k for k in self.script if k in request.messages[-1]["content"])
+        content = request.messages[-1]["content"]
+        if callable(self.script):
+            word, texts = content, self.script(content, sampling)
+        else:
+            word = next(k for k in self.script if k in content)
+            texts = self.script[word]
         self.asked.append(word)
-        samples = [Completion(text, "stop", 7, len(text.split())) for text in self.script[word][: request.n]]
+        self.temperatures.append(sampling.temperature)
+        samples = [Completion(text, "stop", 7, len(text.split())) for text in texts[: request.n]]
         self._running[request.key] = (self.polls.get(word, 1), samples)
         self._words[request.key] = word
 

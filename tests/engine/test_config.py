@@ -125,7 +125,15 @@ def test_set_changes_hash_and_reports_bad_keys(tmp_path: Path) -> None:
     # Output placement does not decide the rows, so it does not change the hash.
     assert load_recipe(path).content_hash() == load_recipe(path, ["output.shard_rows=5"]).content_hash()
     # Nor does how hard the engines are driven: a resumed run may change it.
-    assert load_recipe(path).content_hash() == load_recipe(path, ["generation.max_in_flight=3"]).content_hash()
+    assert (
+        load_recipe(path).content_hash() == load_recipe(path, ["generation.max_in_flight=3"]).content_hash()
+    )
+    # Measuring diversity decides nothing; steering and early stopping decide the prompts.
+    unsteered = load_recipe(path).content_hash()
+    assert unsteered == load_recipe(path, ["diversity.embeddings=false"]).content_hash()
+    assert unsteered != load_recipe(path, ["diversity.steering.enabled=true"]).content_hash()
+    assert unsteered != load_recipe(path, ["diversity.stop_below=10"]).content_hash()
+    assert unsteered == load_recipe(path, ["diversity.steering.lag=2"]).content_hash()  # steering off
     with pytest.raises(
         RecipeError, match=r"unknown key 'sampling.topp' \(from --set\); did you mean 'top_p'"
     ):
