@@ -9,6 +9,7 @@ from typing import Any
 
 from synthkiln.engine.controller import describe as describe_steering
 from synthkiln.engine.errors import SynthkilnError
+from synthkiln.engine.output.card import describe_cost
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,6 +163,43 @@ def _parser() -> argparse.ArgumentParser:
     diversity.add_argument("--json", action="store_true", help="print the metrics as JSON")
     diversity.set_defaults(handler=_diversity)
 
+    mixer = commands.add_parser(
+        "mix",
+        help="synthetic and human rows at an exact synthetic share, without repeats, shuffled by a seed",
+    )
+    mixer.add_argument(
+        "--synthetic", nargs="+", required=True, help="synthkiln dataset dirs, Parquet or JSONL"
+    )
+    mixer.add_argument(
+        "--human", nargs="+", required=True, help="human data: Parquet or JSONL files, or dirs"
+    )
+    mixer.add_argument("--ratio", type=float, required=True, help="synthetic share of the output (0-1)")
+    mixer.add_argument(
+        "--by", choices=["examples", "tokens"], default="examples", help="what the share counts"
+    )
+    mixer.add_argument("--seed", type=int, default=0, help="seed of the sampling and the shuffle (default 0)")
+    mixer.add_argument("--out", required=True, help="output dataset directory")
+    mixer.add_argument("--text-field", default="text", help="plain-text rows' field (default text)")
+    mixer.add_argument("--messages-field", default="messages", help="chat rows' field (default messages)")
+    mixer.add_argument(
+        "--prompt-field", default="prompt", help="exchange rows' prompt field (default prompt)"
+    )
+    mixer.add_argument(
+        "--response-field", default="response", help="exchange rows' answer (default response)"
+    )
+    mixer.add_argument("--by-field", help="keep the share within each value of this field (e.g. domain)")
+    mixer.add_argument(
+        "--tokenizer", default="embedded:smollm2", help="--by tokens: tokenizer (model dir or embedded:NAME)"
+    )
+    mixer.add_argument(
+        "--max-synthetic-share", type=float, default=0.5, help="largest share allowed (default 0.5)"
+    )
+    mixer.add_argument(
+        "--allow-synthetic-majority", action="store_true", help="allow a share above --max-synthetic-share"
+    )
+    mixer.add_argument("--fresh", action="store_true", help="replace an earlier mix in --out")
+    mixer.set_defaults(handler=_mix)
+
     models = commands.add_parser("models", help="manage embedded models")
     model_commands = models.add_subparsers(dest="models_command", required=True)
     prepare = model_commands.add_parser("prepare", help="convert an embedded model to safetensors (cached)")
@@ -233,6 +271,14 @@ def format_funnel(manifest: dict[str, Any]) -> str:
             f"flag: {flag['kind']} concentrated, {100 * flag['share']:.1f}% of rows over the "
             f"{100 * flag['max_share']:.0f}% limit{example}"
         )
+    for flag in (manifest.get("guards") or {}).get("flags", []):
+        lines.append(
+            f"flag: teacher {flag['teacher']} wrote {100 * flag['share']:.1f}% of accepted rows, over the "
+            f"{100 * flag['max_share']:.0f}% limit (guards.max_teacher_share)"
+        )
+    cost = describe_cost(manifest)
+    if cost is not None:
+        lines.append(cost)
     lines.extend(describe_steering(manifest))
     return "\n".join(lines)
 
@@ -339,6 +385,71 @@ def _dedup(args: argparse.Namespace) -> int:
     manifest = run_corpus_command(command, [Path(p) for p in args.inputs], Path(args.out), not args.quiet)
     print(f"rows {manifest['rows']}  kept {manifest['kept']}  removed {manifest['removed']}  "
           f"quarantined {manifest['quarantined']}  clusters {manifest['clusters_with_duplicates']}")  # fmt: skip
+    print(f"dataset: {args.out}")
+    return 0
+
+
+def _mix(args: argparse.Namespace) -> int:
+    from synthkiln.engine.corpus.mix import Fields, mix, read_side, write_mix
+    from synthkiln.engine.output.card import render_mix_card
+
+    if not 0 <= args.ratio <= 1:
+        raise SynthkilnError(f"--ratio must be between 0 and 1, got {args.ratio}")
+    if args.ratio > args.max_synthetic_share and not args.allow_synthetic_majority:
+        raise SynthkilnError(
+            f"--ratio {args.ratio} is above the largest synthetic share allowed ({args.max_synthetic_share}): "
+            "training on mostly synthetic data risks model collapse; pass --allow-synthetic-majority to "
+            "do it anyway"
+        )
+    fields = Fields(
+        args.messages_field, args.prompt_field, args.response_field, args.text_field, args.by_field
+    )
+    sides = {side: read_side(side, [Path(p) for p in paths], fields)
+             for side, paths in (("synthetic", args.synthetic), ("human", args.human))}  # fmt: skip
+    tokenizer = None
+    if args.by == "tokens":
+        from transformers import AutoTokenizer
+
+        from synthkiln.engine.models import resolve_model
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.tokenizer))
+    rows, account = mix(sides["synthetic"], sides["human"], args.ratio, args.seed, args.by, tokenizer)
+    synthetic = sum(row["source"] == "synthetic" for row in rows)
+    unit = "tokens" if args.by == "tokens" else "rows"
+    amounts = (
+        {side: sum(r["tokens"] for r in rows if r["source"] == side) for side in ("synthetic", "human")}
+        if args.by == "tokens"
+        else {"synthetic": synthetic, "human": len(rows) - synthetic}
+    )
+    whole = sum(amounts.values())
+    summary = {
+        "inputs": {"synthetic": args.synthetic, "human": args.human},
+        "ratio": args.ratio,
+        "by": args.by,
+        "by_field": args.by_field,
+        "seed": args.seed,
+        "tokenizer": args.tokenizer if args.by == "tokens" else None,
+        "rows": len(rows),
+        "synthetic_share": round(amounts["synthetic"] / whole, 6) if whole else None,
+        "unit": unit,
+        "amounts": amounts,
+        "available": {side: len(sides[side]) for side in sides},
+        "composition": account,
+        "shortfall": {
+            "synthetic_left_out": sum(a["synthetic_left_out"] for a in account.values()),
+            "human_left_out": sum(a["human_left_out"] for a in account.values()),
+        },
+    }
+    manifest = write_mix(rows, summary, Path(args.out), args.fresh, render_mix_card(summary))
+    share = manifest["synthetic_share"]
+    print(f"rows {len(rows)}  synthetic {amounts['synthetic']} {unit}  human {amounts['human']} {unit}  "
+          f"synthetic share {share}")  # fmt: skip
+    left = manifest["shortfall"]
+    if left["synthetic_left_out"] or left["human_left_out"]:
+        print(
+            f"shortfall: the ratio left out {left['synthetic_left_out']} synthetic and "
+            f"{left['human_left_out']} human rows (nothing is repeated)"
+        )
     print(f"dataset: {args.out}")
     return 0
 

@@ -436,6 +436,38 @@ class VerifyConfig(_Strict):
     memory_mb: int = Field(1024, ge=64, description="Address-space limit per job.")
 
 
+class GuardsConfig(_Strict):
+    """Guards against model collapse: recursive self-training refused, one teacher's dominance flagged."""
+
+    max_lineage_depth: int = Field(
+        1,
+        ge=1,
+        description="Deepest lineage a row may have (human seed 0, each generation from a synthetic seed "
+        "adds one): 1 refuses synthetic seed rows.",
+    )
+    max_teacher_share: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Flag a teacher that writes more than this share of accepted rows (recipes with "
+        "several teachers).",
+    )
+
+
+class CostConfig(_Strict):
+    """Prices that turn the run's device seconds and tokens into money (manifest `cost`, card, summary)."""
+
+    gpu_hour_usd: float | None = Field(
+        None, ge=0, description="Price of one device-hour (GPU) for local teachers (vLLM, transformers)."
+    )
+    input_usd_per_million: float | None = Field(
+        None, ge=0, description="API teachers (OpenAI-compatible): price per million prompt tokens."
+    )
+    output_usd_per_million: float | None = Field(
+        None, ge=0, description="API teachers: price per million completion tokens."
+    )
+
+
 class OutputConfig(_Strict):
     """Where and how the dataset directory is written."""
 
@@ -463,6 +495,8 @@ class Recipe(_Strict):
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     diversity: DiversityConfig = Field(default_factory=DiversityConfig)
+    guards: GuardsConfig = Field(default_factory=GuardsConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -495,6 +529,8 @@ class Recipe(_Strict):
         driven (requests in flight, replicas) or what is measured, which a resumed run may change."""
         content = self.to_dict()
         content.pop("output")
+        content.pop("guards")  # they refuse or flag a run, they do not change its rows
+        content.pop("cost")
         content["generation"].pop("max_in_flight")
         for teacher in content["teachers"]:
             teacher.pop("replicas", None)

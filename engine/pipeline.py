@@ -50,7 +50,14 @@ from synthkiln.engine.output.writer import SEEDS_STAGE, DatasetWriter
 from synthkiln.engine.schema import ROW_SCHEMA, conform, rejected_schema, with_fields
 from synthkiln.engine.seeds import SeedRow, count_seeds, describe_seeds, read_seeds
 from synthkiln.engine.stages import Stage, default_prompt_stages, default_stages
-from synthkiln.engine.tasks import Prompt, ResponseParseError, SeedRowError, Task, build_task
+from synthkiln.engine.tasks import (
+    Prompt,
+    ResponseParseError,
+    SeedRowError,
+    Task,
+    build_task,
+    seed_lineage_depth,
+)
 from synthkiln.engine.teachers import (
     Completion,
     Finished,
@@ -205,6 +212,7 @@ class StepResult:
     rejected: pa.RecordBatch
     generation_seconds: float
     device_seconds: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # wall seconds per curation stage
 
 
 class Pipeline:
@@ -379,7 +387,13 @@ class Pipeline:
             if not at_limit:
                 room = (lambda: limit - writer.accepted) if limit is not None else None
                 for step in self._steps(done, bar=bar, room=room):
-                    writer.add(step.kept, step.rejected, step.generation_seconds, step.device_seconds)
+                    writer.add(
+                        step.kept,
+                        step.rejected,
+                        step.generation_seconds,
+                        step.device_seconds,
+                        step.stage_seconds,
+                    )
                     done.add(step.kept, step.rejected)
                     bar.set_postfix(accepted=writer.accepted, rejected=writer.rejected)
                     if limit is not None and writer.accepted >= limit:
@@ -642,9 +656,32 @@ class Pipeline:
             return self.recipe.sampling
         return self.recipe.sampling.model_copy(update={"temperature": window.temperature})
 
+    def _check_lineage(self) -> None:
+        """Refuse recursive self-training: a synthetic seed row would make rows deeper than
+        `guards.max_lineage_depth` (training B on A's output, then C on B's, compounds each model's
+        errors: model collapse)."""
+        deepest = self.recipe.guards.max_lineage_depth
+        for seed in read_seeds(self.recipe.seeds):
+            if seed.fields is None:
+                continue
+            try:
+                depth = seed_lineage_depth(seed.fields)
+            except SeedRowError:  # quarantined with its reason when rendered
+                continue
+            if depth + 1 > deepest:
+                raise SeedsError(
+                    f"{_where(seed.source, seed.row)}: the seed row is synthetic (lineage depth {depth}), so "
+                    f"rows generated from it would have depth {depth + 1}, deeper than "
+                    f"guards.max_lineage_depth = {deepest}: generating from generated data compounds each "
+                    "model's errors (model collapse). Seed with human data, or raise "
+                    "guards.max_lineage_depth knowingly"
+                )
+
     def _check_seeds(self) -> None:
         """Stop on a recipe error, which would otherwise end "complete" with nothing in it: no seed
-        rows at all, or the same task failure (a missing slot or field) on each of the first rows."""
+        rows at all, or the same task failure (a missing slot or field) on each of the first rows;
+        then refuse synthetic seeds past the lineage guard."""
+        self._check_lineage()
         rows = 0
         failures: list[tuple[SeedRow, str]] = []
         for ordinal, seed in enumerate(read_seeds(self.recipe.seeds)):
@@ -761,10 +798,12 @@ class Pipeline:
                     unparsed.append({**row, "stage": "parse", "reason": "unparseable", "detail": problem})
         kept = pa.RecordBatch.from_pylist(rows, ROW_SCHEMA)
         rejected = [pa.RecordBatch.from_pylist(window.quarantined + unparsed, rejected_schema(self.schema))]
+        spent: dict[str, float] = {}
         for stage in self.stages:
             began = time.monotonic()
             kept, dropped = stage.process(kept)
-            stage_s[stage.name] += time.monotonic() - began
+            spent[stage.name] = time.monotonic() - began
+            stage_s[stage.name] += spent[stage.name]
             rejected.append(dropped)
         kept = conform(kept, self.schema)
         full = rejected_schema(self.schema)
@@ -772,7 +811,7 @@ class Pipeline:
             pa.Table.from_batches([conform(b, full) for b in rejected], full).combine_chunks().to_batches()
         )
         rejected_batch = rejected_rows[0] if rejected_rows else pa.RecordBatch.from_pylist([], full)
-        return StepResult(kept, rejected_batch, generated.generation_seconds, generated.device_seconds)
+        return StepResult(kept, rejected_batch, generated.generation_seconds, generated.device_seconds, spent)
 
     def _row(
         self, prompt: Prompt, teacher: Teacher, index: int, completion: Completion, sampling: SamplingConfig
@@ -954,6 +993,7 @@ def _within(step: StepResult, room: int) -> StepResult:
         ),
         step.generation_seconds,
         step.device_seconds,
+        step.stage_seconds,
     )
 
 

@@ -176,7 +176,7 @@ class Task:
             variant=context["variant"],
             seed_source=seed.source,
             seed_row=seed.row,
-            lineage_depth=int(fields.get("lineage_depth") or 0) + 1,
+            lineage_depth=seed_lineage_depth(fields) + 1,
             seed_fields=carried,
         )
 
@@ -295,6 +295,17 @@ def _text_field(fields: dict[str, Any], name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise SeedRowError(f"field '{name}' must be non-empty text, got {value!r:.60}")
     return value
+
+
+def seed_lineage_depth(fields: dict[str, Any]) -> int:
+    """How many generations of synthetic data a seed row is from human data: its `lineage_depth`
+    when it records one (a synthkiln row), else 1 for a row whose `source` is "synthetic", else 0."""
+    depth = fields.get("lineage_depth")
+    if depth is None:
+        return 1 if fields.get("source") == "synthetic" else 0
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+        raise SeedRowError(f"field 'lineage_depth' holds {depth!r}, not a generation count (an integer >= 0)")
+    return depth
 
 
 def _pick(options: list[str], rotation: int) -> str | None:

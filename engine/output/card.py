@@ -52,8 +52,10 @@ def render_card(manifest: dict[str, Any]) -> str:
         *[
             f"- **{t['name']}**: {t['backend']} serving `{t['model']}`, licence "
             + (f"`{licence}`" if licence else "unknown (check the model's terms)")
+            + _written(t["name"], manifest.get("guards"))
             for t, licence in zip(teachers, _padded(licences, len(teachers)), strict=True)
         ],
+        *_teacher_flags(manifest.get("guards")),
         "",
         _sampling(recipe),
         "",
@@ -84,6 +86,7 @@ def render_card(manifest: dict[str, Any]) -> str:
             else "."
         ),
         "",
+        *_cost(manifest),
         *_diversity(manifest.get("diversity")),
         *_steering(manifest),
         "## Verification and decontamination",
@@ -181,6 +184,61 @@ def _diversity(diversity: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def describe_cost(manifest: dict[str, Any]) -> str | None:
+    """The run's cost per verified row (or per accepted row) next to human annotation's, in a sentence."""
+    cost = manifest.get("cost")
+    if not cost:
+        return None
+    low, high = cost["human_annotation_usd_per_example"]
+    human = f"human annotation: ${low:.0f}-{high:.0f} per example"
+    if cost["total_usd"] is None:
+        seconds = cost["device_seconds_per_verified_row"]
+        per = f"{seconds} device seconds per verified row; " if seconds is not None else ""
+        return f"cost: no price set (cost.gpu_hour_usd, cost.input/output_usd_per_million); {per}{human}"
+    rows = [
+        f"${cost[key]:.6f} per {label}"
+        for key, label in (
+            ("usd_per_generated_sample", "generated sample"),
+            ("usd_per_accepted_row", "accepted row"),
+            ("usd_per_verified_row", "verified row"),
+        )
+        if cost[key] is not None
+    ]
+    return f"cost: ${cost['total_usd']:.4f} in all, rejected work included; {', '.join(rows)} ({human})"
+
+
+def _cost(manifest: dict[str, Any]) -> list[str]:
+    sentence = describe_cost(manifest)
+    if sentence is None:
+        return []
+    stages = manifest["timing"].get("stage_seconds", {})
+    spent = ", ".join(f"`{name}` {seconds} s" for name, seconds in stages.items())
+    lines = ["## Cost", "", f"{sentence[0].upper()}{sentence[1:]}."]
+    if spent:
+        lines.append(f"Wall seconds per curation stage: {spent}.")
+    return [*lines, ""]
+
+
+def _written(teacher: str, guards: dict[str, Any] | None) -> str:
+    """What share of the accepted rows a teacher wrote, and how many of its samples were accepted."""
+    figures = (guards or {}).get("teachers", {}).get(teacher)
+    if not figures or figures["share_of_accepted"] is None:
+        return ""
+    return (
+        f"; wrote {100 * figures['share_of_accepted']:.1f}% of the accepted rows "
+        f"({100 * figures['acceptance_rate']:.1f}% of its samples accepted)"
+    )
+
+
+def _teacher_flags(guards: dict[str, Any] | None) -> list[str]:
+    return [
+        f"- **Flag**: teacher {flag['teacher']} wrote {100 * flag['share']:.1f}% of the accepted rows, over "
+        f"the {100 * flag['max_share']:.0f}% limit (`guards.max_teacher_share`): this data carries one "
+        "model's errors and style more than the others'"
+        for flag in (guards or {}).get("flags", [])
+    ]
+
+
 def _steering(manifest: dict[str, Any]) -> list[str]:
     lines = describe_steering(manifest)
     if not lines:
@@ -244,3 +302,32 @@ def _size_category(rows: int) -> str:
         if rows < limit:
             return label
     return "n>1M"
+
+
+def render_mix_card(summary: dict[str, Any]) -> str:
+    """The dataset card of a `synthkiln mix` output: what it holds and in what shares."""
+    header = {
+        "tags": ["synthetic", "synthkiln", "mixed"],
+        "configs": [{"config_name": "default", "data_files": "data/*.parquet"}],
+    }
+    unit, amounts = summary["unit"], summary["amounts"]
+    lines = [
+        "---",
+        yaml.safe_dump(header, sort_keys=False).rstrip(),
+        "---",
+        "",
+        "# Mix of synthetic and human data",
+        "",
+        f"{summary['rows']} rows; synthetic share of {unit}: {summary['synthetic_share']} (asked {summary['ratio']}), "
+        f"{amounts['synthetic']} synthetic and {amounts['human']} human {unit}, sampled without replacement and "
+        f"shuffled with seed {summary['seed']}. Every row has `source` (synthetic or human), `origin_file` and "
+        "`origin_row`; chats are in `messages`, plain text in `text`.",
+        "",
+        f"Left out by the ratio: {summary['shortfall']['synthetic_left_out']} synthetic and "
+        f"{summary['shortfall']['human_left_out']} human rows.",
+        "",
+        "Training on synthetic data alone, or on data generated from generated data, leads to model "
+        "collapse: keep human data in the mix.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from synthkiln.engine.config import Recipe
+from synthkiln.engine.config import CostConfig, Recipe
 from synthkiln.engine.errors import OutputError
 from synthkiln.engine.inputs import check_resume, fingerprint
 from synthkiln.engine.output.card import render_card
@@ -73,6 +73,7 @@ class DatasetWriter:
         self._pending_rows = 0
         self._pending_generation_s = 0.0
         self._pending_device_s = 0.0
+        self._pending_stage_s: Counter[str] = Counter()
         self._last_commit = time.monotonic()
         self._session_start = time.monotonic()
         self._wall_at_open = self.manifest["timing"]["wall_seconds"]
@@ -94,8 +95,10 @@ class DatasetWriter:
         rejected: pa.RecordBatch,
         generation_seconds: float = 0.0,
         device_seconds: float = 0.0,
+        stage_seconds: dict[str, float] | None = None,
     ) -> None:
-        """Queue one step's rows (all samples of its prompts); commits when a shard is due."""
+        """Queue one step's rows (all samples of its prompts) and what producing them took (generation,
+        device and per-stage wall seconds); commits when a shard is due."""
         if len(kept):
             self._pending_kept.append(conform(kept, self.schema))
         if len(rejected):
@@ -103,6 +106,7 @@ class DatasetWriter:
         self._pending_rows += len(kept) + len(rejected)
         self._pending_generation_s += generation_seconds
         self._pending_device_s += device_seconds
+        self._pending_stage_s.update(stage_seconds or {})
         due = time.monotonic() - self._last_commit >= self._commit_seconds
         if self._pending_rows >= self._shard_rows or (due and self._pending_rows):
             self.commit()
@@ -128,6 +132,7 @@ class DatasetWriter:
         self._pending_kept, self._pending_rejected = [], []
         self._pending_rows = 0
         self._pending_generation_s = self._pending_device_s = 0.0
+        self._pending_stage_s = Counter()
         self._last_commit = time.monotonic()
 
     def close(self, complete: bool, stopped: dict[str, int] | None = None) -> dict[str, Any]:
@@ -170,6 +175,10 @@ class DatasetWriter:
         self._counted_prompts |= prompt_ids
         funnel["samples"] += samples
         funnel["accepted"] += kept.num_rows if kept is not None else 0
+        verified = pc.sum(pc.fill_null(kept.column("verified"), False)).as_py() if kept is not None else 0
+        funnel["verified"] = funnel.get("verified", 0) + int(verified or 0)
+        _count_by_teacher(funnel.setdefault("teachers", {}), kept, rejected)
+        manifest["guards"] = _guards(manifest, self.recipe)
         if rejected is not None:
             counts = Counter(
                 zip(rejected.column("stage").to_pylist(), rejected.column("reason").to_pylist(), strict=True)
@@ -181,10 +190,14 @@ class DatasetWriter:
         timing["wall_seconds"] = round(self._wall_at_open + time.monotonic() - self._session_start, 3)
         timing["generation_seconds"] = round(timing["generation_seconds"] + self._pending_generation_s, 3)
         timing["device_seconds"] = round(timing["device_seconds"] + self._pending_device_s, 3)
+        stages = timing.setdefault("stage_seconds", {})
+        for name, seconds in self._pending_stage_s.items():
+            stages[name] = round(stages.get(name, 0.0) + seconds, 3)
         accepted = funnel["accepted"]
         timing["device_seconds_per_accepted"] = (
             round(timing["device_seconds"] / accepted, 4) if accepted else None
         )
+        manifest["cost"] = run_cost(manifest, self.recipe.cost)
         for folder, shards in new_shards.items():
             manifest["shards"][folder].extend(shards)
         if complete is not None:
@@ -286,3 +299,92 @@ class DatasetWriter:
                 ):
                     samples.setdefault(prompt_id, set()).add(index)
         return samples
+
+
+def _count_by_teacher(
+    counts: dict[str, dict[str, int]], kept: pa.Table | None, rejected: pa.Table | None
+) -> None:
+    """Samples, accepted rows and tokens per teacher (rows of no sample have no teacher)."""
+    for table, accepted in ((kept, True), (rejected, False)):
+        if table is None or not table.num_rows:
+            continue
+        grouped = (
+            table.select(["teacher", "prompt_tokens", "completion_tokens"])
+            .filter(pc.is_valid(table.column("teacher")))
+            .group_by("teacher")
+            .aggregate([("teacher", "count"), ("prompt_tokens", "sum"), ("completion_tokens", "sum")])
+        )
+        for row in grouped.to_pylist():
+            mine = counts.setdefault(
+                row["teacher"], {"samples": 0, "accepted": 0, "prompt_tokens": 0, "completion_tokens": 0}
+            )
+            mine["samples"] += row["teacher_count"]
+            mine["accepted"] += row["teacher_count"] if accepted else 0
+            mine["prompt_tokens"] += int(row["prompt_tokens_sum"] or 0)
+            mine["completion_tokens"] += int(row["completion_tokens_sum"] or 0)
+
+
+# What one example costs when people write it, as the seed quotes (USD, low and high).
+HUMAN_ANNOTATION_USD = (15.0, 50.0)
+
+
+def run_cost(manifest: dict[str, Any], prices: CostConfig) -> dict[str, Any]:
+    """What the run has cost so far, rejected work included: device seconds at `gpu_hour_usd` for local
+    teachers, tokens at the per-million prices for API teachers; per generated sample, accepted row and
+    verified row (None where a price or a count is missing)."""
+    funnel, timing = manifest["funnel"], manifest["timing"]
+    teachers = manifest.get("teachers", [])
+    api = {t["name"] for t in teachers if t.get("backend") == "openai"}
+    api_tokens = {"prompt": 0, "completion": 0}
+    for name, counts in funnel.get("teachers", {}).items():
+        if name in api:
+            api_tokens["prompt"] += counts["prompt_tokens"]
+            api_tokens["completion"] += counts["completion_tokens"]
+    parts: list[float | None] = []
+    if len(api) < len(teachers):  # local teachers ran on the devices
+        hourly = prices.gpu_hour_usd
+        parts.append(timing["device_seconds"] / 3600 * hourly if hourly is not None else None)
+    if api:
+        into, out = prices.input_usd_per_million, prices.output_usd_per_million
+        priced = into is not None and out is not None
+        parts.append((api_tokens["prompt"] * into + api_tokens["completion"] * out) / 1e6 if priced else None)
+    total = sum(parts) if parts and None not in parts else None  # type: ignore[arg-type]
+
+    def per(count: int) -> float | None:
+        return round(total / count, 6) if total is not None and count else None
+
+    verified = funnel.get("verified", 0)
+    return {
+        "prices": prices.model_dump(),
+        "total_usd": round(total, 4) if total is not None else None,
+        "usd_per_generated_sample": per(funnel["samples"]),
+        "usd_per_accepted_row": per(funnel["accepted"]),
+        "usd_per_verified_row": per(verified),
+        "device_seconds_per_verified_row": round(timing["device_seconds"] / verified, 4)
+        if verified
+        else None,
+        "api_tokens": api_tokens,
+        "human_annotation_usd_per_example": list(HUMAN_ANNOTATION_USD),
+    }
+
+
+def _guards(manifest: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
+    """Which teacher wrote what share of the accepted rows, its acceptance rate, and a flag for one
+    past `guards.max_teacher_share` (with several teachers, no single model should dominate unnoticed)."""
+    funnel, limit = manifest["funnel"], recipe.guards.max_teacher_share
+    accepted = funnel["accepted"]
+    teachers = {
+        name: {
+            "share_of_accepted": round(counts["accepted"] / accepted, 4) if accepted else None,
+            "acceptance_rate": round(counts["accepted"] / counts["samples"], 4)
+            if counts["samples"]
+            else None,
+        }
+        for name, counts in sorted(funnel["teachers"].items())
+    }
+    flags = [
+        {"kind": "teacher", "teacher": name, "share": figures["share_of_accepted"], "max_share": limit}
+        for name, figures in teachers.items()
+        if len(recipe.teachers) > 1 and (figures["share_of_accepted"] or 0) > limit
+    ]
+    return {"max_lineage_depth": recipe.guards.max_lineage_depth, "teachers": teachers, "flags": flags}

@@ -119,6 +119,13 @@ def test_errors_name_the_culprit_and_exit_nonzero(tmp_path: Path) -> None:
     assert failed.returncode == 2
     assert "nope.jsonl: seeds file not found" in failed.stderr
     assert "Traceback" not in failed.stderr
+    synthetic = tmp_path / "synthetic.jsonl"
+    synthetic.write_text(json.dumps({"instruction": "Say hi.", "source": "synthetic"}) + "\n")
+    recursive = write_recipe(tmp_path, RESUME_RECIPE.format(seeds=synthetic), "recursive.toml")
+    refused = run_cli("run", str(recursive), "--out", str(tmp_path / "r"), "--quiet", check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"{synthetic} line 1: the seed row is synthetic" in refused.stderr
+    assert "guards.max_lineage_depth = 1" in refused.stderr and not (tmp_path / "r").exists()
     bad_key = run_cli("run", str(missing_seeds), "--set", "sampling.temp=1", check=False)
     assert bad_key.returncode == 2 and "sampling.temp" in bad_key.stderr and "temperature" in bad_key.stderr
     unreachable = write_recipe(

@@ -10,8 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from synthkiln.engine import Pipeline
+from synthkiln.engine.errors import SeedsError
 from synthkiln.engine.schema import ROW_SCHEMA
 from tests.conftest import QUICK_INSTRUCTIONS
+from tests.engine.scripted import ScriptedTeacher
 
 pytestmark = pytest.mark.slow
 
@@ -136,12 +138,48 @@ def test_several_teachers_share_prompts_by_weight(
     path.write_text("\n".join(json.dumps({"instruction": f"Say the number {i}."}) for i in range(24)) + "\n")
     recipe["seeds"]["path"] = str(path)
     recipe["generation"]["batch_size"] = 24
+    recipe["guards"] = {"max_teacher_share": 0.6}
     with Pipeline.from_recipe(recipe) as pipeline:
         manifest = pipeline.run(tmp_path / "out", progress=False)
     teachers = pq.read_table(tmp_path / "out" / "data").column("teacher").to_pylist()
     counts = {name: teachers.count(name) for name in ("big-share", "small-share")}
     assert counts["big-share"] > counts["small-share"] > 0
     assert [t["name"] for t in manifest["teachers"]] == ["big-share", "small-share"]
+    # Which teacher wrote what share is recorded, and a share past the guard is flagged on the card.
+    big = counts["big-share"] / len(teachers)
+    assert big > 0.6
+    assert manifest["guards"]["teachers"]["big-share"]["share_of_accepted"] == round(big, 4)
+    assert [flag["teacher"] for flag in manifest["guards"]["flags"]] == ["big-share"]
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert f"wrote {100 * big:.1f}% of the accepted rows" in card
+    assert "Flag**: teacher big-share" in card
+
+
+def test_synthetic_seeds_are_refused_past_the_lineage_guard(tmp_path: Path) -> None:
+    synthetic = tmp_path / "synthetic.jsonl"
+    synthetic.write_text(
+        json.dumps({"instruction": "Say hello.", "lineage_depth": 0}) + "\n"
+        + json.dumps({"instruction": "Say hi.", "source": "synthetic"}) + "\n"
+    )  # fmt: skip
+    recipe = {
+        "name": "recursive",
+        "seeds": {"path": str(synthetic)},
+        "task": {"kind": "instruction"},
+        "filters": {"refusal": False, "unterminated": False},
+    }
+    teacher = ScriptedTeacher({"Say": ["Hello there, friend."]})
+    refusal = r"synthetic.jsonl line 2: the seed row is synthetic \(lineage depth 1\)"
+    with (
+        Pipeline.from_recipe(recipe, teachers=[teacher]) as pipeline,
+        pytest.raises(SeedsError, match=refusal),
+    ):
+        pipeline.run(tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused").exists() and teacher.asked == []  # refused before anything
+    allowed = {**recipe, "guards": {"max_lineage_depth": 2}}
+    with Pipeline.from_recipe(allowed, teachers=[teacher]) as pipeline:
+        pipeline.run(tmp_path / "allowed", progress=False)
+    depths = {r["seed_row"]: r["lineage_depth"] for r in committed_rows(tmp_path / "allowed", "data")}
+    assert depths == {1: 1, 2: 2}  # a human seed row makes depth 1, a synthetic one depth 2
 
 
 def test_prompts_holding_benchmark_items_are_never_generated(

@@ -10,10 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from synthkiln.engine import Pipeline
 from synthkiln.engine.config import recipe_from_dict
 from synthkiln.engine.errors import OutputError
 from synthkiln.engine.output.writer import DatasetWriter
 from synthkiln.engine.schema import ROW_SCHEMA, rejected_schema
+from tests.engine.scripted import ScriptedTeacher
 
 RUN_INFO = {
     "teachers": [{"name": "smol", "backend": "transformers", "model": "SmolLM2-135M-Instruct"}],
@@ -137,3 +139,64 @@ def test_other_recipe_or_foreign_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match=r"holds no synthkiln manifest \(found: holiday.jpg\)"):
         DatasetWriter(foreign, recipe(), RUN_INFO)
     assert (foreign / "holiday.jpg").exists()
+
+
+def _cost_run(tmp_path: Path, backend: str, cost: dict) -> tuple[dict, list[dict], list[dict]]:
+    """A run of 12 prompts whose answers pass the regex verifier one time in two."""
+    tmp_path.mkdir(exist_ok=True)
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"instruction": f"Write w{i:02d}."}) + "\n" for i in range(12)))
+    script = {
+        f"w{i:02d}": [f"answer number {i} " + ("VALID" if i % 2 else "wrong") + f" {'x' * i}"]
+        for i in range(12)
+    }
+    teacher = ScriptedTeacher(script)
+    teacher.backend = backend
+    config = {
+        "name": "priced",
+        "seeds": {"path": str(seeds)},
+        "task": {"kind": "instruction"},
+        "filters": {"refusal": False, "unterminated": False},
+        "generation": {"batch_size": 4},
+        "verify": {"verifiers": [{"name": "regex", "pattern": "VALID"}]},
+        "cost": cost,
+    }
+    out = tmp_path / backend
+    with Pipeline.from_recipe(config, teachers=[teacher]) as pipeline:
+        manifest = pipeline.run(out, progress=False)
+        curated = pipeline.run_stats["curation_seconds"]
+    kept = pq.read_table(out / "data").to_pylist()
+    rejected = pq.read_table(out / "rejected").to_pylist()
+    assert curated.keys() - {"commit"} == manifest["timing"]["stage_seconds"].keys()
+    for stage, seconds in manifest["timing"]["stage_seconds"].items():
+        assert seconds == pytest.approx(curated[stage], abs=0.005)  # the same time, summed per commit
+    return manifest, kept, rejected
+
+
+def test_cost_per_verified_row_from_device_seconds(tmp_path: Path) -> None:
+    manifest, kept, rejected = _cost_run(tmp_path, "scripted", {"gpu_hour_usd": 3.6})
+    verified = [row for row in kept if row["verified"]]
+    assert len(verified) == 6 and len(rejected) == 6
+    cost = manifest["cost"]
+    total = manifest["timing"]["device_seconds"] * 3.6 / 3600
+    assert manifest["timing"]["device_seconds"] > 0
+    assert cost["total_usd"] == round(total, 4)
+    assert cost["usd_per_generated_sample"] == round(total / 12, 6)
+    assert cost["usd_per_verified_row"] == round(total / 6, 6)  # the rejected work is paid for too
+    assert manifest["funnel"]["verified"] == 6
+    assert "per verified row" in (tmp_path / "scripted" / "README.md").read_text()
+
+
+def test_cost_of_an_api_teacher_from_its_tokens(tmp_path: Path) -> None:
+    prices = {"input_usd_per_million": 2.0, "output_usd_per_million": 8.0}
+    manifest, kept, rejected = _cost_run(tmp_path, "openai", prices)
+    rows = kept + rejected
+    assert len(rows) == 12
+    prompt_tokens = sum(row["prompt_tokens"] for row in rows)
+    completion_tokens = sum(row["completion_tokens"] for row in rows)
+    total = (prompt_tokens * 2.0 + completion_tokens * 8.0) / 1e6
+    assert manifest["cost"]["api_tokens"] == {"prompt": prompt_tokens, "completion": completion_tokens}
+    assert manifest["cost"]["total_usd"] == round(total, 4)
+    assert manifest["cost"]["usd_per_verified_row"] == round(total / 6, 6)
+    unpriced, _, _ = _cost_run(tmp_path / "unpriced", "openai", {"gpu_hour_usd": 1.0})
+    assert unpriced["cost"]["total_usd"] is None  # an API teacher without token prices has no cost
