@@ -13,12 +13,13 @@ PIP_FLAGS := -q --disable-pip-version-check
 install: $(VENV)/.installed system-packages
 
 # The verifier sandbox: bubblewrap, libseccomp and a system Python that uid nobody can run.
-SYSTEM_TOOLS := /usr/bin/bwrap /usr/bin/python3 /usr/bin/setpriv /usr/bin/prlimit
+# The report's test renders it in headless Chromium.
+SYSTEM_TOOLS := /usr/bin/bwrap /usr/bin/python3 /usr/bin/setpriv /usr/bin/prlimit /usr/bin/chromium-headless-shell
 system-packages:
 	@if ! ls $(SYSTEM_TOOLS) >/dev/null 2>&1 || ! ldconfig -p | grep -q libseccomp.so.2; then \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap libseccomp2 python3 util-linux; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap libseccomp2 python3 util-linux chromium-headless-shell; \
 	fi
 
 # torch first, pinned to the CPU build on disk: a package that wants torch would otherwise pull CUDA.

@@ -163,6 +163,10 @@ def _parser() -> argparse.ArgumentParser:
     diversity.add_argument("--json", action="store_true", help="print the metrics as JSON")
     diversity.set_defaults(handler=_diversity)
 
+    report = commands.add_parser("report", help="write DIR/report.html: one self-contained page of plots")
+    report.add_argument("directory", help="a dataset directory (from run or mix)")
+    report.set_defaults(handler=_report)
+
     mixer = commands.add_parser(
         "mix",
         help="synthetic and human rows at an exact synthetic share, without repeats, shuffled by a seed",
@@ -276,6 +280,10 @@ def format_funnel(manifest: dict[str, Any]) -> str:
             f"flag: teacher {flag['teacher']} wrote {100 * flag['share']:.1f}% of accepted rows, over the "
             f"{100 * flag['max_share']:.0f}% limit (guards.max_teacher_share)"
         )
+    for flag in (manifest.get("bias") or {}).get("flags", []):
+        lines.append(
+            f"flag: {flag['group']} is {flag['ratio']}x as frequent in accepted rows as in the seeds (bias audit)"
+        )
     cost = describe_cost(manifest)
     if cost is not None:
         lines.append(cost)
@@ -386,6 +394,13 @@ def _dedup(args: argparse.Namespace) -> int:
     print(f"rows {manifest['rows']}  kept {manifest['kept']}  removed {manifest['removed']}  "
           f"quarantined {manifest['quarantined']}  clusters {manifest['clusters_with_duplicates']}")  # fmt: skip
     print(f"dataset: {args.out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from synthkiln.engine.output.report import write_report
+
+    print(f"report: {write_report(Path(args.directory))}")
     return 0
 
 

@@ -436,6 +436,20 @@ class VerifyConfig(_Strict):
     memory_mb: int = Field(1024, ge=64, description="Address-space limit per job.")
 
 
+class BiasConfig(_Strict):
+    """The bias audit (`engine/bias.py`): lexicon terms per 10,000 words in the seeds, accepted and
+    rejected rows; groups the generation amplified; rejection and refusal rates per persona."""
+
+    enabled: bool = Field(True, description="Count the lexicon's terms at each commit (manifest `bias`).")
+    lexicon_file: str | None = Field(
+        None, description="JSON {dimension: {group: [terms]}} replacing the documented default lexicon."
+    )
+    amplification: float = Field(
+        2.0, gt=1, description="Flag a group this many times as frequent in accepted rows as in the seeds."
+    )
+    min_count: int = Field(5, ge=1, description="Occurrences in accepted rows before a group can be flagged.")
+
+
 class GuardsConfig(_Strict):
     """Guards against model collapse: recursive self-training refused, one teacher's dominance flagged."""
 
@@ -496,6 +510,7 @@ class Recipe(_Strict):
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     diversity: DiversityConfig = Field(default_factory=DiversityConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
+    bias: BiasConfig = Field(default_factory=BiasConfig)
     cost: CostConfig = Field(default_factory=CostConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
@@ -531,6 +546,7 @@ class Recipe(_Strict):
         content.pop("output")
         content.pop("guards")  # they refuse or flag a run, they do not change its rows
         content.pop("cost")
+        content.pop("bias")  # measured, decides nothing
         content["generation"].pop("max_in_flight")
         for teacher in content["teachers"]:
             teacher.pop("replicas", None)
@@ -559,6 +575,7 @@ _RELATIVE_TO_RECIPE = (
     ("task", "template_file"),
     ("dedup", "against"),
     ("output", "dir"),
+    ("bias", "lexicon_file"),
 )
 
 

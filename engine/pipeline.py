@@ -42,6 +42,7 @@ from typing import Any
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from synthkiln.engine.bias import BiasAudit
 from synthkiln.engine.config import Recipe, SamplingConfig, load_recipe, recipe_from_dict
 from synthkiln.engine.controller import UNSTEERED, Policy, Rotation, Steering
 from synthkiln.engine.errors import RecipeError, SeedsError
@@ -353,6 +354,7 @@ class Pipeline:
 
         tracker = DiversityTracker(self.recipe.diversity) if self.recipe.diversity.enabled else None
         steering = self._steering = self._new_steering()
+        audit = BiasAudit(self.recipe.bias, self._seed_texts) if self.recipe.bias.enabled else None
         # `_run_info` loads the teachers: called by the writer once the directory is ours.
         writer = DatasetWriter(
             out_dir,
@@ -361,7 +363,7 @@ class Pipeline:
             self.schema,
             fresh,
             allow_changed_inputs,
-            on_commit=[part.record for part in (tracker, steering) if part is not None],
+            on_commit=[part.record for part in (tracker, steering, audit) if part is not None],
         )
         complete, stopped = False, None
         bar: tqdm | None = None
@@ -641,6 +643,12 @@ class Pipeline:
                 left += any(not done.done(p.prompt_id) for p in prompts)
         return left
 
+    def _seed_texts(self) -> Iterator[str]:
+        """Each seed row's text fields, joined: the bias audit's baseline."""
+        for seed in read_seeds(self.recipe.seeds):
+            if seed.fields is not None:
+                yield " ".join(v for v in seed.fields.values() if isinstance(v, str))
+
     def _new_steering(self) -> Steering | None:
         diversity = self.recipe.diversity
         if not (diversity.steering.enabled or diversity.stop_below is not None):
@@ -670,7 +678,7 @@ class Pipeline:
                 continue
             if depth + 1 > deepest:
                 raise SeedsError(
-                    f"{_where(seed.source, seed.row)}: the seed row is synthetic (lineage depth {depth}), so "
+                    f"{_where(self.recipe.seeds.path or seed.source, seed.row)}: the seed row is synthetic (lineage depth {depth}), so "
                     f"rows generated from it would have depth {depth + 1}, deeper than "
                     f"guards.max_lineage_depth = {deepest}: generating from generated data compounds each "
                     "model's errors (model collapse). Seed with human data, or raise "

@@ -26,6 +26,7 @@ import pyarrow as pa
 from synthkiln.engine.corpus import Source, iter_sources
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.output.directory import OutputDirectory
+from synthkiln.engine.output.report import write_report
 
 OUTPUT_FORMAT = "synthkiln-mix/1"
 SIDES = ("synthetic", "human")
@@ -255,4 +256,5 @@ def write_mix(
         shards = {"data": [directory.write_shard(table, f"data/part-r{run}-00000.parquet")], "rejected": []}
         manifest = {**summary, "runs": run, "shards": shards, "files": []}
         directory.commit(manifest, card)
+        write_report(out_dir)
     return manifest

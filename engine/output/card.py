@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from synthkiln.engine.bias import LIMITS
 from synthkiln.engine.controller import describe as describe_steering
 from synthkiln.engine.models import EMBEDDED_MODELS, EMBEDDED_PREFIX
 
@@ -89,6 +90,7 @@ def render_card(manifest: dict[str, Any]) -> str:
         *_cost(manifest),
         *_diversity(manifest.get("diversity")),
         *_steering(manifest),
+        *_bias(manifest.get("bias")),
         "## Verification and decontamination",
         "",
         _listing("Verified with", manifest.get("verifiers", []), "no verifier beyond the cheap filters"),
@@ -196,7 +198,7 @@ def describe_cost(manifest: dict[str, Any]) -> str | None:
         per = f"{seconds} device seconds per verified row; " if seconds is not None else ""
         return f"cost: no price set (cost.gpu_hour_usd, cost.input/output_usd_per_million); {per}{human}"
     rows = [
-        f"${cost[key]:.6f} per {label}"
+        f"${cost[key]:.3g} per {label}"
         for key, label in (
             ("usd_per_generated_sample", "generated sample"),
             ("usd_per_accepted_row", "accepted row"),
@@ -204,7 +206,7 @@ def describe_cost(manifest: dict[str, Any]) -> str | None:
         )
         if cost[key] is not None
     ]
-    return f"cost: ${cost['total_usd']:.4f} in all, rejected work included; {', '.join(rows)} ({human})"
+    return f"cost: ${cost['total_usd']:.3g} in all, rejected work included; {', '.join(rows)} ({human})"
 
 
 def _cost(manifest: dict[str, Any]) -> list[str]:
@@ -237,6 +239,39 @@ def _teacher_flags(guards: dict[str, Any] | None) -> list[str]:
         "model's errors and style more than the others'"
         for flag in (guards or {}).get("flags", [])
     ]
+
+
+def _bias(bias: dict[str, Any] | None) -> list[str]:
+    """The bias audit: groups found, per 10,000 words in seeds, accepted and rejected rows; flags;
+    rejection and refusal per persona; and what such an audit cannot show."""
+    if not bias:
+        return []
+    rates = bias["per_10k_words"]
+    groups = [g for g in rates["seeds"] if any((rates[part][g] or 0) > 0 for part in rates)]
+    lines = ["## Bias audit", "", LIMITS, ""]
+    if groups:
+        lines += [
+            "| group | seeds | accepted | rejected | accepted / seeds |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        lines += [
+            f"| {g} | {rates['seeds'][g]} | {rates['accepted'][g]} | {rates['rejected'][g]} | "
+            f"{bias['amplification'].get(g, '')} |"
+            for g in groups
+        ]
+        lines += ["", "Occurrences per 10,000 words; accepted / seeds with half a count added to both.", ""]
+    lines += [
+        f"- **Flag**: {f['group']} is {f['ratio']}x as frequent in the accepted rows as in the seeds."
+        for f in bias["flags"]
+    ]
+    personas = bias.get("persona_rates", {})
+    if len(personas) > 1:
+        lines += ["", "| persona | samples | rejected | refused |", "| --- | ---: | ---: | ---: |"]
+        lines += [
+            f"| {name} | {p['samples']} | {100 * (p['rejected_share'] or 0):.1f}% | {100 * (p['refused_share'] or 0):.1f}% |"
+            for name, p in personas.items()
+        ]
+    return [*lines, ""]
 
 
 def _steering(manifest: dict[str, Any]) -> list[str]:

@@ -45,7 +45,9 @@ _SHARD = re.compile(rf"^{_SHARD_NAME}$")
 _SHARD_TEMPORARY = re.compile(rf"^\.{_SHARD_NAME}\.tmp$")
 _LISTED_SHARD = re.compile(rf"^(?:data|rejected)/{_SHARD_NAME}$")
 _EXTRA_FILE = re.compile(r"^[a-z][a-z0-9_]*-r\d+\.[a-z0-9]+$")  # a command's per-run file: index-r2.npz
-_TOP_TEMPORARY = re.compile(r"^\.(?:manifest\.json|README\.md|[a-z][a-z0-9_]*-r\d+\.[a-z0-9]+)\.tmp$")
+_TOP_TEMPORARY = re.compile(
+    r"^\.(?:manifest\.json|README\.md|report\.html|[a-z][a-z0-9_]*-r\d+\.[a-z0-9]+)\.tmp$"
+)
 
 
 class OutputDirectory:

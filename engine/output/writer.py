@@ -32,6 +32,7 @@ from synthkiln.engine.errors import OutputError
 from synthkiln.engine.inputs import check_resume, fingerprint
 from synthkiln.engine.output.card import render_card
 from synthkiln.engine.output.directory import OutputDirectory, listed_shards
+from synthkiln.engine.output.report import write_report
 from synthkiln.engine.schema import ROW_SCHEMA, conform, rejected_schema
 
 FORMAT = (
@@ -141,6 +142,7 @@ class DatasetWriter:
         self.manifest["stopped"] = stopped
         try:
             self.commit(complete=complete)
+            write_report(self.out_dir)  # while the directory is still ours
         finally:
             self.directory.close()
         return self.manifest
@@ -356,7 +358,7 @@ def run_cost(manifest: dict[str, Any], prices: CostConfig) -> dict[str, Any]:
     verified = funnel.get("verified", 0)
     return {
         "prices": prices.model_dump(),
-        "total_usd": round(total, 4) if total is not None else None,
+        "total_usd": round(total, 6) if total is not None else None,
         "usd_per_generated_sample": per(funnel["samples"]),
         "usd_per_accepted_row": per(funnel["accepted"]),
         "usd_per_verified_row": per(verified),
