@@ -565,6 +565,8 @@ class Recipe(_Strict):
                 "below": diversity["stop_below"],
                 "rows": diversity["stop_rows"],
                 "ngram": diversity["novelty_ngram"],
+                "lag": diversity["steering"]["lag"],  # when the stop is decided
+                "span": diversity["steering"]["span"],
             }
         canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]

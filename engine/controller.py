@@ -13,7 +13,8 @@ before w - `lag`, decided every `span` windows:
   `raise_above` of the last span's samples; down one step when the verification pass rate falls
   `pass_rate_drop` below its first measure;
 - *early stop* (`diversity.stop_below`): the last `stop_rows` accepted rows brought fewer novel
-  n-grams per 1,000 rows than asked: no prompt is rendered after that.
+  n-grams per 1,000 rows than asked: no seed row is rendered after that (a seed row's prompts all
+  follow the policy of the window its first prompt falls in).
 
 The statistics are counts persisted per window in the manifest (`steering.windows`) at each commit, so
 a resumed run restores them and replays the same decisions: the same prompts, the same temperatures.
@@ -90,6 +91,7 @@ class WindowStats:
                 counts[1] += accepted
 
     def to_json(self) -> dict[str, Any]:
+        """A copy, as JSON (the manifest never shares a list with the live counts)."""
         return {
             "samples": self.samples,
             "accepted": self.accepted,
@@ -97,7 +99,7 @@ class WindowStats:
             "judged": self.judged,
             "passed": self.passed,
             "novel_ngrams": self.novel_ngrams,
-            "by": self.by,
+            "by": {d: {v: list(c) for v, c in values.items()} for d, values in self.by.items()},
         }
 
     @classmethod
@@ -162,7 +164,12 @@ class Steering:
             else UNSTEERED
         )
         self._policies: list[Policy] = [first]
-        self._stats: dict[int, WindowStats] = {}
+        self._stats: dict[int, WindowStats] = {}  # what decisions read: restored + observed
+        # Published in the manifest only once a commit holds the window's rows, so that a window whose
+        # rows a crash lost is measured again by the resumed run, never twice.
+        self._published: dict[int, WindowStats] = {}
+        self._unpublished: dict[int, WindowStats] = {}
+        self._window_of: dict[str, int] = {}  # prompt id -> window, for observed rows not yet committed
         self._cumulative = WindowStats()
         self._measured_to = 0  # windows in `_cumulative`
         self._baseline_pass_rate: float | None = None
@@ -182,6 +189,7 @@ class Steering:
         """Take back the counts a previous run committed (and the n-grams of its accepted rows)."""
         saved = manifest.get("steering") or {}
         self._stats = {int(k): WindowStats.from_json(v) for k, v in saved.get("windows", {}).items()}
+        self._published = {k: WindowStats.from_json(s.to_json()) for k, s in self._stats.items()}
         if self._seen is not None and self._stats:
             from synthkiln.kernels.diversity import add_ngrams
 
@@ -195,14 +203,32 @@ class Steering:
                 raise RuntimeError(f"steering: window {window} observed after {self._observed - 1}")
             if stats is not None:
                 self._stats.setdefault(window, WindowStats()).add(stats)
+                self._unpublished[window] = stats
+                for batch in (kept, rejected):
+                    self._window_of.update(dict.fromkeys(batch.column("prompt_id").to_pylist(), window))
             self._observed += 1
             self._changed.notify_all()
 
-    def record(self, kept: pa.Table | None, rejected: pa.Table | None, manifest: dict[str, Any]) -> None:
-        """The writer's commit hook: publish the counts and decisions so far (every observed window's
-        rows are in this commit)."""
+    @property
+    def observed(self) -> int:
+        """Windows observed by this session (0 .. observed - 1)."""
         with self._changed:
-            latest = self._policies[-1]
+            return self._observed
+
+    def record(self, kept: pa.Table | None, rejected: pa.Table | None, manifest: dict[str, Any]) -> None:
+        """The writer's commit hook: publish the counts of the windows whose rows this commit holds, and
+        the decisions they determine (those of windows up to the last committed one)."""
+        committed = set()
+        for table in (kept, rejected):
+            if table is not None:
+                committed |= set(table.column("prompt_id").to_pylist())
+        with self._changed:
+            windows = {self._window_of.pop(p) for p in committed if p in self._window_of}
+            for window in windows:
+                self._published.setdefault(window, WindowStats()).add(self._unpublished.pop(window))
+            last = max(self._published, default=-1)
+            decisions = [d for d in self.decisions if d["window"] <= last]
+            latest = self._policies[min(max(last, 0), len(self._policies) - 1)]
             manifest["steering"] = {
                 "enabled": self.enabled,
                 "lag": self.lag,
@@ -212,8 +238,8 @@ class Steering:
                     "temperature": latest.temperature,
                     "stopped": latest.stop,
                 },
-                "decisions": list(self.decisions),
-                "windows": {str(k): s.to_json() for k, s in sorted(self._stats.items()) if s.samples},
+                "decisions": decisions,
+                "windows": {str(k): s.to_json() for k, s in sorted(self._published.items()) if s.samples},
             }
 
     @property

@@ -632,15 +632,43 @@ class Pipeline:
             yield seed, prompts, None
 
     def _seeds_left(self, done: _Progress) -> int:
-        """Seed rows that still have a prompt (or a quarantine row) to do."""
+        """Seed rows that still have a prompt (or a quarantine row) to do.
+
+        Steered, a window's policy is known once the windows it follows are observed: windows done
+        before this session count as observed here (their counts were restored), so that a run that
+        starts at its --limit still knows its prompts; past the first window with work left, every
+        seed row counts as left."""
+        size = self.recipe.generation.batch_size
+        placed, undone = 0, set()
+
+        def known(index: int) -> Policy | None:
+            steering = self._steering
+            if steering is None:
+                return UNSTEERED
+            policy = steering.policy(index, None)
+            while (
+                policy is None
+                and steering.observed < index - steering.lag
+                and steering.observed not in undone
+            ):
+                steering.observe(steering.observed, None, None)
+                policy = steering.policy(index, None)
+            return policy
+
         left = 0
-        for seed, prompts, problem in self._rendered(lambda index: self._policy(index, None)):
+        for seed, prompts, problem in self._rendered(known):
             if prompts is None:
                 left += 1
             elif problem is not None:
-                left += not done.done(_quarantine_row(seed, self.task.kind, problem)["prompt_id"])
+                pending = not done.done(_quarantine_row(seed, self.task.kind, problem)["prompt_id"])
+                left += pending
+                if pending:
+                    undone.add(placed // size)
             else:
-                left += any(not done.done(p.prompt_id) for p in prompts)
+                pending = [not done.done(p.prompt_id) for p in prompts]
+                left += any(pending)
+                undone.update((placed + i) // size for i, todo in enumerate(pending) if todo)
+                placed += len(prompts)
         return left
 
     def _seed_texts(self) -> Iterator[str]:
@@ -783,6 +811,7 @@ class Pipeline:
     def _curate(self, generated: _Generated, stage_s: Counter[str]) -> StepResult:
         window = generated.window
         rows, unparsed = [], []
+        sampling = self._sampling(window)
         for prompt, (teacher, finished) in zip(window.prompts, generated.finished, strict=True):
             if finished.refused is not None:  # this request alone: the run goes on
                 detail = f"{_where(prompt.seed_source, prompt.seed_row)}: teacher '{teacher.name}': {finished.refused}"
@@ -799,7 +828,7 @@ class Pipeline:
             for index, completion in enumerate(finished.completions):
                 if index in committed:  # an earlier run committed it (a prompt cut at --limit)
                     continue
-                row, problem = self._row(prompt, teacher, index, completion, self._sampling(window))
+                row, problem = self._row(prompt, teacher, index, completion, sampling)
                 if problem is None:
                     rows.append(row)
                 else:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import signal
 import subprocess
@@ -26,6 +25,7 @@ from synthkiln.engine import Pipeline
 from synthkiln.engine.cli import format_funnel
 from synthkiln.engine.config import SamplingConfig
 from synthkiln.engine.controller import Rotation
+from synthkiln.engine.errors import RecipeError
 from tests.engine.scripted import ScriptedTeacher
 
 REPO = Path(__file__).resolve().parents[2]
@@ -184,9 +184,33 @@ def test_the_run_stops_early_when_accepted_rows_bring_no_new_ngrams(tmp_path: Pa
     assert run(tmp_path, "whole", unstopped, repeats)["funnel"]["prompts"] == 200
 
 
+def test_a_limited_then_resumed_run_stops_where_an_uninterrupted_one_does(tmp_path: Path) -> None:
+    """The resumed run rebuilds the n-grams of the committed rows and the cut window's counts: forty
+    texts, then repeats; the stop falls at the same window either way."""
+
+    def cycles(content: str, sampling: SamplingConfig) -> list[str]:
+        k = int(content.split("topic ")[1].split(".")[0]) % 40
+        return [f"alpha{k} beta{k} gamma{k} delta{k} VALID"]
+
+    config = recipe(tmp_path, 200, stop_below=100.0, stop_rows=16, steering={"lag": 1, "span": 2})
+    config["dedup"] = {"enabled": False}
+    clean = run(tmp_path, "clean", config, cycles)
+    assert clean["stopped"]["early_stop"]["window"] == 9 and clean["funnel"]["accepted"] == 72
+
+    with Pipeline.from_recipe(config, teachers=[ScriptedTeacher(cycles)]) as pipeline:
+        limited = pipeline.run(tmp_path / "resumed", limit=20, progress=False)
+    assert limited["funnel"]["accepted"] == 20 and not limited["complete"]
+    assert limited["stopped"]["seeds_left"] == 200 - 20
+    resumed = run(tmp_path, "resumed", config, cycles)
+    assert resumed["runs"] == 2
+    assert resumed["funnel"] == clean["funnel"]
+    assert resumed["stopped"] == clean["stopped"]
+    assert resumed["steering"]["windows"] == clean["steering"]["windows"]
+
+
 def test_target_shares_must_name_listed_values(tmp_path: Path) -> None:
     config = recipe(tmp_path, 4, **steered(targets={"format": {"a poem": 1.0}}))
-    with pytest.raises(Exception, match="a poem"):
+    with pytest.raises(RecipeError, match="a poem"):
         Pipeline.from_recipe(config)
 
 
@@ -222,7 +246,8 @@ def test_a_sigkilled_steered_run_resumes_with_the_same_policy_trajectory(tmp_pat
             break
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    os.kill(process.pid, signal.SIGKILL)
+    if process.poll() is None:
+        process.kill()
     _, stderr = process.communicate()
     assert process.returncode == -signal.SIGKILL, stderr[-3000:]
     interrupted = json.loads((killed / "manifest.json").read_text())

@@ -166,6 +166,7 @@ def test_synthetic_seeds_are_refused_past_the_lineage_guard(tmp_path: Path) -> N
         "seeds": {"path": str(synthetic)},
         "task": {"kind": "instruction"},
         "filters": {"refusal": False, "unterminated": False},
+        "dedup": {"enabled": False},  # both rows get the same answer
     }
     teacher = ScriptedTeacher({"Say": ["Hello there, friend."]})
     refusal = r"synthetic.jsonl line 2: the seed row is synthetic \(lineage depth 1\)"

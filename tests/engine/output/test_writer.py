@@ -150,7 +150,7 @@ def _cost_run(tmp_path: Path, backend: str, cost: dict) -> tuple[dict, list[dict
         f"w{i:02d}": [f"answer number {i} " + ("VALID" if i % 2 else "wrong") + f" {'x' * i}"]
         for i in range(12)
     }
-    teacher = ScriptedTeacher(script)
+    teacher = ScriptedTeacher(script, poll_seconds=0.01)  # an engine step takes time: device seconds > 0
     teacher.backend = backend
     config = {
         "name": "priced",
