@@ -284,6 +284,14 @@ def format_funnel(manifest: dict[str, Any]) -> str:
         lines.append(
             f"flag: {flag['group']} is {flag['ratio']}x as frequent in accepted rows as in the seeds (bias audit)"
         )
+    mixed = manifest.get("mix")
+    if mixed:
+        removed = mixed["human_removed"]
+        lines.append(
+            f"mix: {mixed['rows']} rows, synthetic share {mixed['synthetic_share']} (asked {mixed['ratio']}) in "
+            f"{mixed['out']}; human rows left out first: {removed['near-duplicate']} near-duplicates, "
+            f"{removed['contaminated']} contaminated"
+        )
     cost = describe_cost(manifest)
     if cost is not None:
         lines.append(cost)

@@ -436,6 +436,23 @@ class VerifyConfig(_Strict):
     memory_mb: int = Field(1024, ge=64, description="Address-space limit per job.")
 
 
+class MixConfig(_Strict):
+    """Human data mixed into the run's output at a share that holds after every loss (`engine/corpus/mix.py`)."""
+
+    human: list[str] = Field(description="Human data: Parquet or JSONL files, or directories.")
+    ratio: float = Field(
+        ge=0, le=0.5, description="Synthetic share of the mix (a majority is refused: use `synthkiln mix`)."
+    )
+    size: int = Field(
+        ge=1, description="Rows in the mix; the run generates until round(ratio x size) rows are accepted."
+    )
+    out: str | None = Field(None, description="The mix's directory; default: the run's directory + `-mix`.")
+    text_field: str = Field("text", description="Human plain-text rows' field.")
+    messages_field: str = Field("messages", description="Human chat rows' field.")
+    prompt_field: str = Field("prompt", description="Human exchange rows' prompt field.")
+    response_field: str = Field("response", description="Human exchange rows' answer field.")
+
+
 class BiasConfig(_Strict):
     """The bias audit (`engine/bias.py`): lexicon terms per 10,000 words in the seeds, accepted and
     rejected rows; groups the generation amplified; rejection and refusal rates per persona."""
@@ -511,6 +528,7 @@ class Recipe(_Strict):
     diversity: DiversityConfig = Field(default_factory=DiversityConfig)
     guards: GuardsConfig = Field(default_factory=GuardsConfig)
     bias: BiasConfig = Field(default_factory=BiasConfig)
+    mix: MixConfig | None = Field(None, description="Mix the accepted rows with human data at a share.")
     cost: CostConfig = Field(default_factory=CostConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
@@ -547,6 +565,8 @@ class Recipe(_Strict):
         content.pop("guards")  # they refuse or flag a run, they do not change its rows
         content.pop("cost")
         content.pop("bias")  # measured, decides nothing
+        if content["mix"] is None:  # a mix decides how many rows the run makes
+            content.pop("mix")
         content["generation"].pop("max_in_flight")
         for teacher in content["teachers"]:
             teacher.pop("replicas", None)
@@ -578,6 +598,8 @@ _RELATIVE_TO_RECIPE = (
     ("dedup", "against"),
     ("output", "dir"),
     ("bias", "lexicon_file"),
+    ("mix", "out"),
+    ("mix", "human"),
 )
 
 

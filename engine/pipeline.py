@@ -366,6 +366,10 @@ class Pipeline:
             on_commit=[part.record for part in (tracker, steering, audit) if part is not None],
         )
         complete, stopped = False, None
+        target = None  # with a mix: the accepted rows it needs
+        if self.recipe.mix is not None:
+            target = round(self.recipe.mix.ratio * self.recipe.mix.size)
+            limit = target if limit is None else min(limit, target)
         bar: tqdm | None = None
         try:  # whatever happens, the writer commits what it holds and releases the directory
             bar = tqdm(total=self._prompt_estimate(), unit="prompt", disable=not progress, dynamic_ncols=True)
@@ -401,7 +405,10 @@ class Pipeline:
                     if limit is not None and writer.accepted >= limit:
                         at_limit = True
                         break
-            if at_limit:
+            if at_limit and limit == target:  # the mix has its synthetic rows: the run is done
+                stopped = {"mix_target": target, "seeds_left": self._seeds_left(done)}
+                complete = True
+            elif at_limit:
                 left = self._seeds_left(done)
                 if left:
                     stopped = {"limit": limit, "seeds_left": left}
@@ -416,8 +423,52 @@ class Pipeline:
                 bar.close()
             if self.run_stats:  # this session's parts (a resumed run reports its own)
                 writer.manifest["pipeline"] = self.run_stats
+            if complete and self.recipe.mix is not None:
+                writer.commit()  # the mix reads the committed rows
+                writer.manifest["mix"] = self._mix(out_dir)
             manifest = writer.close(complete, stopped)
         return manifest
+
+    def _mix(self, out_dir: Path) -> dict[str, Any]:
+        """Mix the accepted rows with the recipe's human data at its share (`[mix]`): human rows that
+        are near-duplicates of accepted ones or hold a benchmark item are left out first, so the
+        share holds after every loss. Written as a `synthkiln mix` directory; returns its account."""
+        from synthkiln.engine.corpus.mix import Fields, clean_human, mix, read_side, write_mix
+        from synthkiln.engine.output.card import render_mix_card
+
+        config, dedup = self.recipe.mix, self.recipe.dedup
+        fields = Fields(config.messages_field, config.prompt_field, config.response_field, config.text_field)
+        human = read_side("human", [Path(p) for p in config.human], fields)
+        synthetic = (
+            read_side("synthetic", [out_dir / "data"], Fields()) if (out_dir / "data").is_dir() else []
+        )
+        clean, removed = clean_human(
+            human,
+            pa.array([row["messages"][-1]["content"] for row in synthetic], pa.large_string()),
+            (dedup.num_perm, dedup.ngram, dedup.threshold) if dedup.enabled else None,
+            next((stage.index for stage in self.stages if stage.name == "decontaminate"), None),
+        )
+        rows, account = mix(synthetic, clean, config.ratio, self.recipe.seed, size=config.size)
+        taken = account["*"]
+        summary = {
+            "inputs": {"synthetic": [str(out_dir)], "human": config.human},
+            "ratio": config.ratio,
+            "size": config.size,
+            "by": "examples",
+            "by_field": None,
+            "seed": self.recipe.seed,
+            "rows": len(rows),
+            "synthetic_share": round(taken["synthetic"] / len(rows), 6) if rows else None,
+            "unit": "rows",
+            "amounts": {"synthetic": taken["synthetic"], "human": taken["human"]},
+            "available": {"synthetic": len(synthetic), "human": len(human)},
+            "human_removed": removed,
+            "composition": account,
+            "shortfall": {k: taken[k] for k in ("synthetic_left_out", "human_left_out")},
+        }
+        mix_out = Path(config.out) if config.out else out_dir.with_name(out_dir.name + "-mix")
+        write_mix(rows, summary, mix_out, False, render_mix_card(summary))
+        return {**summary, "out": str(mix_out)}
 
     def generate_verified_batch(self, prompts: list[str], samples_per_prompt: int = 4) -> pa.Table:
         """Launcher API: draw samples for raw user prompts, run every stage, return the kept rows."""

@@ -165,9 +165,9 @@ def count_tokens(rows: list[dict[str, Any]], tokenizer: Any) -> np.ndarray:
     return counts
 
 
-def choose_examples(synthetic: int, human: int, ratio: float) -> tuple[int, int]:
-    """The most rows whose synthetic count is within one example of `ratio` of them all."""
-    upper = synthetic + human
+def choose_examples(synthetic: int, human: int, ratio: float, size: int | None = None) -> tuple[int, int]:
+    """The most rows (at most `size`) whose synthetic count is within one example of `ratio` of them all."""
+    upper = synthetic + human if size is None else min(size, synthetic + human)
     if ratio > 0:
         upper = min(upper, int((synthetic + 0.5) / ratio))
     if ratio < 1:
@@ -205,8 +205,10 @@ def mix(
     seed: int,
     by: str = "examples",
     tokenizer: Any = None,
+    size: int | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The mixed rows in their final order, and the account of what was taken and left out."""
+    """The mixed rows in their final order (at most `size`, by examples), and the account of what was
+    taken and left out."""
     groups: dict[str | None, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
     for side, rows in ((0, synthetic), (1, human)):
         for row in rows:
@@ -222,7 +224,7 @@ def mix(
                     row["tokens"] = count
             taken = choose_tokens(counts[0], counts[1], ratio)
         else:
-            taken = choose_examples(len(sides[0]), len(sides[1]), ratio)
+            taken = choose_examples(len(sides[0]), len(sides[1]), ratio, size)
         part = sides[0][: taken[0]] + sides[1][: taken[1]]
         chosen.extend(part)
         account[category if category is not None else "*"] = {
@@ -258,3 +260,45 @@ def write_mix(
         directory.commit(manifest, card)
         write_report(out_dir)
     return manifest
+
+
+def content_text(row: dict[str, Any]) -> str:
+    """A row's whole text: its `text`, or its messages' contents."""
+    return row["text"] if row["text"] is not None else "\n".join(m["content"] for m in row["messages"])
+
+
+def _answer(row: dict[str, Any]) -> str:
+    """The part of a row a generated response is compared with: its text, or its last message."""
+    return row["text"] if row["text"] is not None else row["messages"][-1]["content"]
+
+
+def clean_human(
+    human: list[dict[str, Any]],
+    synthetic_texts: pa.Array,
+    dedup: tuple[int, int, float] | None,
+    contamination: Any = None,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The human rows that are neither near-duplicates of a synthetic row (or of an earlier human
+    row) nor hold a benchmark item, with the counts removed. `dedup` is (num_perm, ngram, threshold)
+    as the run's dedup stage has them, None when it is off; `contamination` the run's benchmark index
+    (its `find`)."""
+    removed = {"near-duplicate": 0, "contaminated": 0}
+    texts = pa.array([content_text(row) for row in human], pa.large_string())
+    answers = pa.array([_answer(row) for row in human], pa.large_string())  # what dedup compares
+    keep = np.ones(len(human), bool)
+    if dedup is not None and len(human):
+        from synthkiln.kernels.lsh import StreamingIndex
+        from synthkiln.kernels.minhash import minhash_signatures
+
+        num_perm, ngram, threshold = dedup
+        index = StreamingIndex(num_perm, threshold)
+        if len(synthetic_texts):
+            index.add(minhash_signatures(synthetic_texts, num_perm=num_perm, ngram=ngram))
+        duplicate_of, _ = index.add(minhash_signatures(answers, num_perm=num_perm, ngram=ngram))
+        keep &= duplicate_of < 0
+        removed["near-duplicate"] = int((duplicate_of >= 0).sum())
+    if contamination is not None and len(human):
+        hits = np.array([match is not None for match in contamination.find(texts)], bool)
+        removed["contaminated"] = int((hits & keep).sum())
+        keep &= ~hits
+    return [row for row, kept in zip(human, keep.tolist(), strict=True) if kept], removed

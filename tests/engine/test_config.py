@@ -134,6 +134,9 @@ def test_set_changes_hash_and_reports_bad_keys(tmp_path: Path) -> None:
     assert unsteered != load_recipe(path, ["diversity.steering.enabled=true"]).content_hash()
     assert unsteered != load_recipe(path, ["diversity.stop_below=10"]).content_hash()
     assert unsteered == load_recipe(path, ["diversity.steering.lag=2"]).content_hash()  # steering off
+    assert unsteered == load_recipe(path, ["cost.gpu_hour_usd=2", "bias.enabled=false"]).content_hash()
+    mixed = ['mix.human=["h.jsonl"]', "mix.ratio=0.3", "mix.size=10"]
+    assert unsteered != load_recipe(path, mixed).content_hash()  # the mix sets how many rows are made
     with pytest.raises(
         RecipeError, match=r"unknown key 'sampling.topp' \(from --set\); did you mean 'top_p'"
     ):

@@ -183,3 +183,59 @@ def test_bad_inputs_are_named(tmp_path: Path, capsys) -> None:
     assert mix_cli(tmp_path / "b", [fine], [human], "--ratio", "0.3") == 2
     err = capsys.readouterr().err
     assert f"{human}: no 'messages' field" in err and "fields: body" in err and "Traceback" not in err
+
+
+def test_a_run_with_a_mix_keeps_the_share_after_losses(tmp_path: Path, gsm8k_dir: Path) -> None:
+    """One seed in four fails the verifier, and the human data holds planted near-duplicates of
+    accepted rows and GSM8K test questions: the mix still has exactly the asked share."""
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"instruction": f"Explain item {i}."}) + "\n" for i in range(40)))
+
+    def text(number: int) -> str:
+        return (
+            f"Item {number} is explained here in its own words, case {number} of many, {'z' * (number + 1)}"
+        )
+
+    def answer(content: str, sampling: object) -> list[str]:
+        number = int(content.split("item ")[1].split(".")[0])
+        return [text(number) + ("" if number % 4 == 0 else " VALID")]
+
+    questions = [
+        json.loads(line)["question"] for line in (gsm8k_dir / "test.jsonl").read_text().splitlines()[:3]
+    ]
+    human = tmp_path / "human.jsonl"
+    unique = [
+        {"prompt": f"Human question {i}?", "response": f"A person answers {i}: {'y' * (i + 1)} and more."}
+        for i in range(60)
+    ]
+    duplicates = [
+        {"prompt": "Copy?", "response": text(n) + " VALID"} for n in (1, 2, 3, 5, 6)
+    ]  # accepted rows
+    contaminated = [
+        {"prompt": q, "response": f"Answer {k}: {'w' * (k + 1)} is it."} for k, q in enumerate(questions)
+    ]
+    human.write_text("".join(json.dumps(r) + "\n" for r in unique + duplicates + contaminated))
+    recipe = {
+        "name": "mixed",
+        "seeds": {"path": str(seeds)},
+        "task": {"kind": "instruction"},
+        "filters": {"refusal": False, "unterminated": False},
+        "generation": {"batch_size": 4},
+        "verify": {"verifiers": [{"name": "regex", "pattern": "VALID"}]},
+        "decontaminate": {"benchmarks": [{"name": "gsm8k", "path": str(gsm8k_dir / "test.jsonl")}]},
+        "mix": {"human": [str(human)], "ratio": 0.3, "size": 40},
+    }
+    with Pipeline.from_recipe(recipe, teachers=[ScriptedTeacher(answer)]) as pipeline:
+        manifest = pipeline.run(tmp_path / "run", progress=False)
+    assert manifest["complete"] and manifest["stopped"]["mix_target"] == 12
+    assert (
+        manifest["funnel"]["accepted"] == 12 and manifest["funnel"]["rejected"]["verify"]["regex:failed"] >= 3
+    )
+    assert manifest["mix"]["human_removed"] == {"near-duplicate": 5, "contaminated": 3}
+    rows = loaded(tmp_path / "run-mix")
+    assert len(rows) == 40
+    assert rows["source"].count("synthetic") == 12 and rows["source"].count("human") == 28
+    human_answers = [r["messages"][-1]["content"] for r in rows if r["source"] == "human"]
+    assert not {d["response"] for d in duplicates} & set(human_answers)
+    assert not set(questions) & {r["messages"][0]["content"] for r in rows if r["source"] == "human"}
+    assert json.loads((tmp_path / "run-mix" / "manifest.json").read_text())["synthetic_share"] == 0.3
