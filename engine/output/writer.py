@@ -17,6 +17,7 @@ duplicating anything.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -142,7 +143,11 @@ class DatasetWriter:
         self.manifest["stopped"] = stopped
         try:
             self.commit(complete=complete)
-            write_report(self.out_dir)  # while the directory is still ours
+            try:  # while the directory is still ours
+                write_report(self.out_dir)
+            except Exception as exc:  # the rows are committed; a report must not hide the run's own error
+                print(f"warning: {self.out_dir}/report.html not written ({type(exc).__name__}: {exc}); "
+                      f"`synthkiln report {self.out_dir}` writes it", file=sys.stderr)  # fmt: skip
         finally:
             self.directory.close()
         return self.manifest
