@@ -372,10 +372,21 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def run_state(manifest: dict[str, Any]) -> str:
-    """What the directory's last run did: finished every seed, stopped at its limit, or was cut short."""
-    if manifest.get("complete"):
-        return "complete: every seed row was processed"
+    """What the directory's last run did: finished every seed (or ended by its recipe: steering's early
+    stop, a mix's target), stopped at its limit, or was cut short."""
     stopped = manifest.get("stopped")
+    if manifest.get("complete"):
+        if stopped and "early_stop" in stopped:
+            return (
+                f"complete: stopped early at window {stopped['early_stop']['window']} (accepted rows brought too "
+                f"few novel n-grams), {stopped['seeds_left']} seed rows unused"
+            )
+        if stopped and "mix_target" in stopped:
+            return (
+                f"complete: the mix's {stopped['mix_target']} accepted rows are made, "
+                f"{stopped['seeds_left']} seed rows unused"
+            )
+        return "complete: every seed row was processed"
     if stopped:
         return (
             f"stopped at --limit {stopped['limit']} with {stopped['seeds_left']} seed rows left "

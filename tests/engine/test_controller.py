@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from synthkiln.engine import Pipeline
-from synthkiln.engine.cli import format_funnel
+from synthkiln.engine.cli import format_funnel, run_state
 from synthkiln.engine.config import SamplingConfig
 from synthkiln.engine.controller import Rotation
 from synthkiln.engine.errors import RecipeError
@@ -177,6 +177,7 @@ def test_the_run_stops_early_when_accepted_rows_bring_no_new_ngrams(tmp_path: Pa
     assert manifest["stopped"]["seeds_left"] == 200 - manifest["funnel"]["prompts"]
     assert f"Stopped early at window {stop['window']}" in (tmp_path / "stopped" / "README.md").read_text()
     assert f"stopped early at window {stop['window']}" in format_funnel(manifest)  # end of `synthkiln run`
+    assert run_state(manifest).startswith(f"complete: stopped early at window {stop['window']}")  # inspect
     # Run again: the same decision ends it at the same place, nothing is generated.
     again = run(tmp_path, "stopped", config, repeats)
     assert again["funnel"] == manifest["funnel"]

@@ -9,7 +9,7 @@ import datasets
 import pytest
 
 from synthkiln.engine import Pipeline
-from synthkiln.engine.cli import main
+from synthkiln.engine.cli import format_funnel, main, run_state
 from tests.engine.scripted import ScriptedTeacher
 
 SYNTHETIC_ROWS = 300
@@ -228,6 +228,8 @@ def test_a_run_with_a_mix_keeps_the_share_after_losses(tmp_path: Path, gsm8k_dir
     with Pipeline.from_recipe(recipe, teachers=[ScriptedTeacher(answer)]) as pipeline:
         manifest = pipeline.run(tmp_path / "run", progress=False)
     assert manifest["complete"] and manifest["stopped"]["mix_target"] == 12
+    assert run_state(manifest).startswith("complete: the mix's 12 accepted rows are made")
+    assert "mix: 40 rows, synthetic share 0.3" in format_funnel(manifest)
     assert (
         manifest["funnel"]["accepted"] == 12 and manifest["funnel"]["rejected"]["verify"]["regex:failed"] >= 3
     )
