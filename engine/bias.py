@@ -233,7 +233,7 @@ def _count_personas(
 def _add(part: dict[str, Any], words: int, counts: np.ndarray, groups: list[str]) -> None:
     part["words"] += words
     for group, count in zip(groups, counts.tolist(), strict=True):
-        part["terms"][group] += count
+        part["terms"][group] = part["terms"].get(group, 0) + count  # a lexicon may grow between runs
 
 
 def _per_10k(count: int, words: int) -> float | None:

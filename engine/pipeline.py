@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from synthkiln.engine.bias import BiasAudit
 from synthkiln.engine.config import Recipe, SamplingConfig, load_recipe, recipe_from_dict
 from synthkiln.engine.controller import UNSTEERED, Policy, Rotation, Steering
+from synthkiln.engine.corpus.mix import Fields, read_side, synthetic_count
 from synthkiln.engine.errors import RecipeError, SeedsError
 from synthkiln.engine.generation import Job, TeacherDriver
 from synthkiln.engine.output.writer import SEEDS_STAGE, DatasetWriter
@@ -345,6 +346,10 @@ class Pipeline:
         hashes are then recorded).
         """
         self._check_seeds()  # before the directory is touched: a recipe error leaves nothing to clean
+        if self.recipe.mix is not None:  # its human data, read now rather than after the generation
+            mix = self.recipe.mix
+            fields = Fields(mix.messages_field, mix.prompt_field, mix.response_field, mix.text_field)
+            read_side("human", [Path(p) for p in mix.human], fields)
         self.run_stats = {}
         out_dir = Path(out_dir) if out_dir is not None else self.recipe.output_dir
         # Imported here, not at the top: vLLM's workers re-import the script that starts them, and
@@ -368,7 +373,7 @@ class Pipeline:
         complete, stopped = False, None
         target = None  # with a mix: the accepted rows it needs
         if self.recipe.mix is not None:
-            target = round(self.recipe.mix.ratio * self.recipe.mix.size)
+            target = synthetic_count(self.recipe.mix.ratio, self.recipe.mix.size)
             limit = target if limit is None else min(limit, target)
         bar: tqdm | None = None
         try:  # whatever happens, the writer commits what it holds and releases the directory
@@ -423,17 +428,19 @@ class Pipeline:
                 bar.close()
             if self.run_stats:  # this session's parts (a resumed run reports its own)
                 writer.manifest["pipeline"] = self.run_stats
-            if complete and self.recipe.mix is not None:
-                writer.commit()  # the mix reads the committed rows
-                writer.manifest["mix"] = self._mix(out_dir)
-            manifest = writer.close(complete, stopped)
+            try:
+                if complete and self.recipe.mix is not None:
+                    writer.commit()  # the mix reads the committed rows
+                    writer.manifest["mix"] = self._mix(out_dir)
+            finally:
+                manifest = writer.close(complete, stopped)
         return manifest
 
     def _mix(self, out_dir: Path) -> dict[str, Any]:
         """Mix the accepted rows with the recipe's human data at its share (`[mix]`): human rows that
         are near-duplicates of accepted ones or hold a benchmark item are left out first, so the
         share holds after every loss. Written as a `synthkiln mix` directory; returns its account."""
-        from synthkiln.engine.corpus.mix import Fields, clean_human, mix, read_side, write_mix
+        from synthkiln.engine.corpus.mix import clean_human, mix, write_mix
         from synthkiln.engine.output.card import render_mix_card
 
         config, dedup = self.recipe.mix, self.recipe.dedup

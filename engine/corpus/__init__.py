@@ -162,10 +162,14 @@ def _decode_binary(batch: pa.RecordBatch, name: str) -> pa.RecordBatch:
 
 
 def iter_sources(inputs: list[Path], text_field: str | None = None) -> list[Source]:
-    """Files named, or the data files inside directories (a synthkiln dataset's `data/`, else all)."""
+    """Files named, or the data files inside directories: the accepted shards a synthkiln output's
+    manifest lists (not a crashed run's leftovers), else a `data/` folder's files, else all."""
     sources = []
     for path in inputs:
-        if path.is_dir():
+        listed = _listed_shards(path) if path.is_dir() else None
+        if listed is not None:
+            sources.extend(Source(f, text_field) for f in listed)
+        elif path.is_dir():
             root = path / "data" if (path / "data").is_dir() else path
             files = sorted(
                 p
@@ -180,6 +184,17 @@ def iter_sources(inputs: list[Path], text_field: str | None = None) -> list[Sour
         else:
             raise SynthkilnError(f"{path}: no such file or directory")
     return sources
+
+
+def _listed_shards(directory: Path) -> list[Path] | None:
+    """The data shards a synthkiln output directory's manifest lists; None for other directories."""
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not (isinstance(manifest, dict) and str(manifest.get("format", "")).startswith("synthkiln-")):
+        return None
+    return [directory / shard["path"] for shard in manifest.get("shards", {}).get("data", [])]
 
 
 def check_fields(sources: list[Source], fields: dict[str, str]) -> None:

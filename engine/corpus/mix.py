@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import pyarrow as pa
 from synthkiln.engine.corpus import Source, iter_sources
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.output.directory import OutputDirectory
-from synthkiln.engine.output.report import write_report
+from synthkiln.engine.output.report import write_report_or_warn
 
 OUTPUT_FORMAT = "synthkiln-mix/1"
 SIDES = ("synthetic", "human")
@@ -129,11 +130,17 @@ def _row(
         text = record.get(fields.text)
         if not isinstance(text, str) or not text.strip():
             raise SynthkilnError(f"{where}: field '{fields.text}' is empty or not text")
-    if side == "synthetic":
-        depth = record.get("lineage_depth")
-        lineage = int(depth) if isinstance(depth, int) and not isinstance(depth, bool) else 1
-    else:
-        lineage = 0
+    depth = record.get("lineage_depth")
+    depth = depth if isinstance(depth, int) and not isinstance(depth, bool) else None
+    recorded = record.get("source")
+    if side == "human" and (recorded == "synthetic" or (depth or 0) > 0):
+        # Synthetic rows passed off as human would defeat the share and the lineage guard.
+        raise SynthkilnError(
+            f"{where}: a synthetic row (source {recorded!r}, lineage_depth {depth}) given as human data"
+        )
+    if side == "synthetic" and recorded == "human":
+        raise SynthkilnError(f"{where}: a human row (source 'human') given as synthetic data")
+    lineage = 0 if side == "human" else (depth if depth is not None else 1)
     category = None
     if fields.category is not None:
         value = record.get(fields.category)
@@ -165,6 +172,11 @@ def count_tokens(rows: list[dict[str, Any]], tokenizer: Any) -> np.ndarray:
     return counts
 
 
+def synthetic_count(ratio: float, total: int) -> int:
+    """Synthetic rows of `total` at `ratio`, halves rounded down (0.5 of 3 is 1: never a majority)."""
+    return math.ceil(ratio * total - 0.5)
+
+
 def choose_examples(synthetic: int, human: int, ratio: float, size: int | None = None) -> tuple[int, int]:
     """The most rows (at most `size`) whose synthetic count is within one example of `ratio` of them all."""
     upper = synthetic + human if size is None else min(size, synthetic + human)
@@ -173,7 +185,7 @@ def choose_examples(synthetic: int, human: int, ratio: float, size: int | None =
     if ratio < 1:
         upper = min(upper, int((human + 0.5) / (1 - ratio)))
     for total in range(upper, -1, -1):
-        count = round(ratio * total)
+        count = synthetic_count(ratio, total)
         if count <= synthetic and total - count <= human:
             return count, total - count
     return 0, 0
@@ -193,7 +205,7 @@ def choose_tokens(synthetic: np.ndarray, human: np.ndarray, ratio: float) -> tup
         for candidate in (at, at - 1):
             if 0 <= candidate < len(human_sums):
                 total = tokens + int(human_sums[candidate])
-                if abs(tokens / total - ratio) <= TOKEN_TOLERANCE:
+                if total and abs(tokens / total - ratio) <= TOKEN_TOLERANCE:
                     return taken, candidate
     return 0, 0
 
@@ -238,8 +250,22 @@ def mix(
                 if by == "tokens" else {}
             ),
         }  # fmt: skip
+    short = [
+        c for c, a in account.items() if (ratio > 0 and not a["synthetic"]) or (ratio < 1 and not a["human"])
+    ]
+    if short:
+        raise SynthkilnError(
+            f"too few rows to mix at ratio {ratio}"
+            + (f" in {by_field_values(short)}" if short != ["*"] else "")
+            + f": {account[short[0]]['synthetic'] + account[short[0]]['synthetic_left_out']} synthetic and "
+            f"{account[short[0]]['human'] + account[short[0]]['human_left_out']} human rows"
+        )
     order = np.random.Generator(np.random.PCG64(seed)).permutation(len(chosen))
     return [chosen[i] for i in order.tolist()], account
+
+
+def by_field_values(values: list[str]) -> str:
+    return "the value(s) " + ", ".join(repr(v) for v in values)
 
 
 def _shuffled(rows: list[dict[str, Any]], seed: int, side: str) -> list[dict[str, Any]]:
@@ -258,7 +284,7 @@ def write_mix(
         shards = {"data": [directory.write_shard(table, f"data/part-r{run}-00000.parquet")], "rejected": []}
         manifest = {**summary, "runs": run, "shards": shards, "files": []}
         directory.commit(manifest, card)
-        write_report(out_dir)
+        write_report_or_warn(out_dir)
     return manifest
 
 

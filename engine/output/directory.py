@@ -36,6 +36,7 @@ from synthkiln.engine.errors import OutputError
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
+REPORT = "report.html"  # written after each run by engine/output/report.py
 LOCK = ".synthkiln.lock"
 FORMAT_PREFIX = "synthkiln-"
 FOLDERS = ("data", "rejected")
@@ -260,7 +261,8 @@ def _foreign_entries(directory: Path) -> list[str]:
     foreign = []
     for entry in sorted(directory.iterdir()):
         if entry.name == LOCK or (
-            started_by_us and (_TOP_TEMPORARY.match(entry.name) or _EXTRA_FILE.match(entry.name))
+            started_by_us
+            and (_TOP_TEMPORARY.match(entry.name) or _EXTRA_FILE.match(entry.name) or entry.name == REPORT)
         ):
             continue
         if entry.name in FOLDERS and entry.is_dir():

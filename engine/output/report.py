@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -19,9 +20,9 @@ from typing import Any
 import jinja2
 import pyarrow.parquet as pq
 
-from synthkiln.engine.output.directory import read_manifest, write_text_atomic
+from synthkiln.engine.errors import SynthkilnError
+from synthkiln.engine.output.directory import REPORT, read_manifest, write_text_atomic
 
-REPORT = "report.html"
 _SVG_START = re.compile(r"^.*?(?=<svg)", re.S)
 
 _PAGE = jinja2.Environment(autoescape=True).from_string(
@@ -56,8 +57,25 @@ def write_report(directory: Path) -> Path:
     return path
 
 
+def write_report_or_warn(directory: Path) -> None:
+    """At the end of a command whose rows are committed: a report that cannot be rendered is a warning
+    (`synthkiln report` writes it later), never an error over the command's own outcome."""
+    try:
+        write_report(directory)
+    except Exception as exc:
+        print(
+            f"warning: {directory / REPORT} not written ({type(exc).__name__}: {exc}); "
+            f"`synthkiln report {directory}` writes it",
+            file=sys.stderr,
+        )
+
+
 def render_report(directory: Path) -> str:
     manifest = read_manifest(directory)
+    if not manifest.get("format", "").startswith(("synthkiln-dataset", "synthkiln-mix")):
+        raise SynthkilnError(
+            f"{directory}: a {manifest.get('format')} directory; reports are drawn for `run` and `mix` outputs"
+        )
     if manifest.get("format", "").startswith("synthkiln-mix"):
         sections = [_mix_section(manifest)]
         title = "Mix of synthetic and human data"
@@ -130,6 +148,7 @@ def _plot(draw: Callable[[Any], None], height: float = 3.2) -> str:
     from matplotlib import pyplot as plt
 
     plt.rcParams["svg.fonttype"] = "none"
+    plt.rcParams["text.parse_math"] = False  # labels are data ("$5 off"), not TeX
     plt.rcParams["svg.hashsalt"] = "synthkiln"  # the same ids on every rendering
     figure, axes = plt.subplots(figsize=(9, height))
     try:

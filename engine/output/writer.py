@@ -17,7 +17,6 @@ duplicating anything.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -33,7 +32,7 @@ from synthkiln.engine.errors import OutputError
 from synthkiln.engine.inputs import check_resume, fingerprint
 from synthkiln.engine.output.card import render_card
 from synthkiln.engine.output.directory import OutputDirectory, listed_shards
-from synthkiln.engine.output.report import write_report
+from synthkiln.engine.output.report import write_report_or_warn
 from synthkiln.engine.schema import ROW_SCHEMA, conform, rejected_schema
 
 FORMAT = (
@@ -143,11 +142,7 @@ class DatasetWriter:
         self.manifest["stopped"] = stopped
         try:
             self.commit(complete=complete)
-            try:  # while the directory is still ours
-                write_report(self.out_dir)
-            except Exception as exc:  # the rows are committed; a report must not hide the run's own error
-                print(f"warning: {self.out_dir}/report.html not written ({type(exc).__name__}: {exc}); "
-                      f"`synthkiln report {self.out_dir}` writes it", file=sys.stderr)  # fmt: skip
+            write_report_or_warn(self.out_dir)  # while the directory is still ours
         finally:
             self.directory.close()
         return self.manifest

@@ -10,6 +10,8 @@ import pytest
 
 from synthkiln.engine import Pipeline
 from synthkiln.engine.cli import format_funnel, main, run_state
+from synthkiln.engine.corpus.mix import choose_examples, mix, synthetic_count
+from synthkiln.engine.errors import SynthkilnError
 from tests.engine.scripted import ScriptedTeacher
 
 SYNTHETIC_ROWS = 300
@@ -75,6 +77,7 @@ def test_exact_share_of_examples_without_repeats(
     assert abs(synthetic - 0.3 * total) <= 1  # ...at the share, to one example
     assert total - synthetic == 701  # the most human rows 0.3 allows: 300 / 1001
     assert len(set(zip(rows["origin_file"], rows["origin_row"], strict=True))) == total  # no repeats
+    assert "human" in sources[:SYNTHETIC_ROWS] and "synthetic" in sources[-300:]  # shuffled together
     for row in rows:
         if row["source"] == "human":  # each human row is its GSM8K line, as one exchange
             line = gsm8k_train[row["origin_row"] - 1]
@@ -108,6 +111,11 @@ def test_short_human_side_and_synthetic_majority(tmp_path: Path, synthetic_dir: 
     assert all(r["text"].startswith("A human note") for r in rows if r["source"] == "human")
     assert "left out 200 synthetic and 0 human rows" in capsys.readouterr().out
 
+    # A synthkiln directory given as human data is refused: its rows say they are synthetic.
+    assert mix_cli(tmp_path / "laundered", [human], [synthetic_dir], "--ratio", "0.3") == 2
+    assert (
+        "a synthetic row (source 'synthetic', lineage_depth 1) given as human data" in capsys.readouterr().err
+    )
     assert mix_cli(tmp_path / "majority", [synthetic_dir], [human], "--ratio", "0.6") == 2
     assert "above the largest synthetic share allowed (0.5)" in capsys.readouterr().err
     assert not (tmp_path / "majority").exists()
@@ -154,11 +162,12 @@ def test_the_share_holds_within_each_category(tmp_path: Path) -> None:
         path.write_text("\n".join(lines) + "\n")
         return path
 
-    synthetic = write("synthetic", {"math": 40, "code": 10})
-    human = write("human", {"math": 200, "code": 100})
+    synthetic = write("synthetic", {"math": 40, "code $5": 10})  # "$5": not TeX in the report's labels
+    human = write("human", {"math": 200, "code $5": 100})
     assert mix_cli(tmp_path / "by", [synthetic], [human], "--ratio", "0.2", "--by-field", "domain") == 0
     rows = loaded(tmp_path / "by")
-    for domain, synthetic_rows in (("math", 40), ("code", 10)):
+    assert "code $5" in (tmp_path / "by" / "report.html").read_text()
+    for domain, synthetic_rows in (("math", 40), ("code $5", 10)):
         sources = [r["source"] for r in rows if r["category"] == domain]
         assert sources.count("synthetic") == synthetic_rows  # the short side, whole
         assert abs(synthetic_rows - 0.2 * len(sources)) <= 1  # 0.2 within the domain, to one example
@@ -241,3 +250,12 @@ def test_a_run_with_a_mix_keeps_the_share_after_losses(tmp_path: Path, gsm8k_dir
     assert not {d["response"] for d in duplicates} & set(human_answers)
     assert not set(questions) & {r["messages"][0]["content"] for r in rows if r["source"] == "human"}
     assert json.loads((tmp_path / "run-mix" / "manifest.json").read_text())["synthetic_share"] == 0.3
+
+
+def test_shares_round_halves_down_and_refuse_an_empty_side() -> None:
+    assert synthetic_count(0.5, 3) == 1  # never a synthetic majority
+    assert choose_examples(2, 1, 0.5) == (1, 1)
+    assert choose_examples(300, 7473, 0.3) == (300, 701)
+    assert choose_examples(10, 100, 0.2, size=20) == (4, 16)
+    with pytest.raises(SynthkilnError, match=r"too few rows to mix at ratio 0\.3"):
+        mix([], [{"id": str(i), "category": None, "source": "human"} for i in range(10)], 0.3, seed=0)
