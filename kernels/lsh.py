@@ -61,19 +61,30 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 def candidate_pairs(keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs (i < j) sharing a bucket in some band: neighbours in each bucket's sorted run."""
-    firsts, seconds = [], []
     ids = np.flatnonzero(valid)
-    for band_keys_ in keys:
-        order = ids[np.argsort(band_keys_[ids], kind="stable")]
-        sorted_keys = band_keys_[order]
-        same = sorted_keys[1:] == sorted_keys[:-1]
-        firsts.append(order[:-1][same])
-        seconds.append(order[1:][same])
-    first = np.concatenate(firsts) if firsts else np.zeros(0, np.int64)
-    second = np.concatenate(seconds) if seconds else np.zeros(0, np.int64)
-    low, high = np.minimum(first, second), np.maximum(first, second)
-    unique = np.unique(low.astype(np.int64) * (len(valid) + 1) + high)
+    count = len(ids)
+    first, second = bucket_pairs(
+        keys[:, ids].ravel(), np.tile(ids, len(keys)), np.repeat(np.arange(len(keys)), count)
+    )
+    unique = np.unique(first.astype(np.int64) * (len(valid) + 1) + second)
     return unique // (len(valid) + 1), unique % (len(valid) + 1)
+
+
+def bucket_pairs(keys: np.ndarray, rows: np.ndarray, bands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i < j) of rows that follow each other in a bucket (same band and key), rows ascending.
+
+    A bucket's pairs depend only on its own members, so buckets split into any partitions by key give
+    the same pairs as all of them at once: the disk-partitioned dedup relies on it.
+    """
+    order = np.lexsort((rows, keys, bands))
+    keys, rows, bands = keys[order], rows[order], bands[order]
+    same = (keys[1:] == keys[:-1]) & (bands[1:] == bands[:-1])
+    return rows[:-1][same].astype(np.int64), rows[1:][same].astype(np.int64)
+
+
+def partition_of(keys: np.ndarray, partitions: int) -> np.ndarray:
+    """The partition of each band key: its high bits (a key's low bits mix weakly), as int64."""
+    return ((keys >> np.uint64(32)) % np.uint64(partitions)).astype(np.int64)
 
 
 @njit(cache=True)
@@ -133,22 +144,25 @@ def cluster_duplicates(
 
     confirmed = similar(first, second) >= threshold
     cluster = union_find(count, first[confirmed], second[confirmed])
-    if priority is None:
-        priority = np.zeros(count)
-    # Highest priority first, then lowest index: the first row of each cluster in this order is kept.
-    order = np.lexsort((np.arange(count), -np.asarray(priority, dtype=np.float64), cluster))
-    sorted_cluster = cluster[order]
-    leaders = np.ones(count, dtype=bool)
-    leaders[1:] = sorted_cluster[1:] != sorted_cluster[:-1]
-    keeper_of_cluster = np.empty(count, dtype=np.int64)
-    keeper_of_cluster[sorted_cluster[leaders]] = order[leaders]
-    keeper = keeper_of_cluster[cluster]
+    keeper = keepers(cluster, priority if priority is not None else np.zeros(count))
     keep = keeper == np.arange(count)
     duplicate_of = np.where(keep, -1, keeper)
     similarity = np.ones(count)
     dropped = np.flatnonzero(~keep)
     similarity[dropped] = similar(dropped, keeper[dropped])
     return Clusters(cluster, keep, duplicate_of, similarity)
+
+
+def keepers(cluster: np.ndarray, priority: np.ndarray) -> np.ndarray:
+    """The kept document of each document's cluster: highest `priority`, then lowest index."""
+    count = len(cluster)
+    order = np.lexsort((np.arange(count), -np.asarray(priority, dtype=np.float64), cluster))
+    sorted_cluster = cluster[order]
+    leaders = np.ones(count, dtype=bool)
+    leaders[1:] = sorted_cluster[1:] != sorted_cluster[:-1]
+    keeper_of_cluster = np.empty(count, dtype=np.int64)
+    keeper_of_cluster[sorted_cluster[leaders]] = order[leaders]
+    return keeper_of_cluster[cluster]
 
 
 class StreamingIndex:

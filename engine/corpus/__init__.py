@@ -15,9 +15,10 @@ binary is decoded (invalid UTF-8 becomes null, for the command to quarantine).
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from synthkiln.engine.errors import SynthkilnError
+from synthkiln.engine.executor import LocalExecutor
 from synthkiln.engine.output.directory import OutputDirectory
 
 
@@ -226,11 +228,21 @@ class CorpusCommand(ABC):
     def fields(self) -> dict[str, str]:
         """The fields every input must hold, each with the option that named it (for the error)."""
 
-    def prepare(self, sources: list[Source], progress: bool) -> None:  # noqa: B027 (optional hook)
-        """A pass over the whole corpus before any row is written (dedup's clusters)."""
+    def prepare(  # noqa: B027 (optional hook)
+        self, sources: list[Source], progress: bool, executor: LocalExecutor, work: Path
+    ) -> None:
+        """A pass over the whole corpus before any row is written (dedup's clusters); `work` is a
+        scratch directory beside the output (on the storage every node of a cluster writes)."""
+
+    def judge(self) -> tuple[Callable[[Any, pa.Array], Any], Any] | None:
+        """Per-batch work that may run on a cluster's workers: `(fn, shared)`, where `fn(shared, texts)`
+        (texts: the batch's `text_field`) is a module-level pure function whose result `split` gets."""
+        return None
 
     @abstractmethod
-    def split(self, batch: pa.RecordBatch, source: Source) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+    def split(
+        self, batch: pa.RecordBatch, source: Source, judged: Any = None
+    ) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         """Kept rows, and rejected rows carrying `reason` and `detail` columns."""
 
     def extra_files(self, directory: OutputDirectory, run: int) -> list[str]:
@@ -244,55 +256,104 @@ class CorpusCommand(ABC):
 
 
 def run_corpus_command(
-    command: CorpusCommand, inputs: list[Path], out_dir: Path, progress: bool = True, fresh: bool = False
+    command: CorpusCommand,
+    inputs: list[Path],
+    out_dir: Path,
+    progress: bool = True,
+    fresh: bool = False,
+    executor: LocalExecutor | None = None,
 ) -> dict[str, Any]:
     """Run `command` over `inputs` into `out_dir`; return the committed manifest."""
+    executor = executor or LocalExecutor()
     sources = iter_sources(inputs, command.text_field)
     check_fields(sources, command.fields())
     started = time.perf_counter()
-    command.prepare(sources, progress)
-    with OutputDirectory(out_dir, command.output_format, fresh) as directory:
-        run = int((directory.previous or {}).get("runs", 0)) + 1
-        shards: dict[str, list[dict[str, Any]]] = {"data": [], "rejected": []}
-        name = command.output_format.split("-", 1)[1].split("/")[0]
-        with tqdm(desc=name, unit="row", disable=not progress) as bar:
-            for number, source in enumerate(sources):
-                kept: list[pa.RecordBatch] = []
-                rejected: list[pa.RecordBatch] = []
-                for batch in source.batches(command.batch_rows):
-                    keep, drop = command.split(batch, source)
-                    if len(keep):
-                        kept.append(keep)
-                    if len(drop):
-                        if "reason" not in drop.schema.names or "detail" not in drop.schema.names:
-                            raise AssertionError(f"{name}: rejected rows need `reason` and `detail`")
-                        rejected.append(drop)
-                        for entry in pc.value_counts(drop.column("reason")).to_pylist():
-                            reason = entry["values"]
-                            command.reasons[reason] = command.reasons.get(reason, 0) + entry["counts"]
-                    command.rows += len(batch)
-                    command.kept += len(keep)
-                    bar.update(len(batch))
-                for folder, batches in (("data", kept), ("rejected", rejected)):
-                    if sum(len(b) for b in batches):
-                        # batches built from Python rows may type an all-null column differently
-                        table = pa.concat_tables(
-                            [pa.Table.from_batches([b]) for b in batches], promote_options="permissive"
-                        )
-                        shards[folder].append(
-                            directory.write_shard(table, f"{folder}/part-r{run}-{number:05d}.parquet")
-                        )
-        files = command.extra_files(directory, run)
-        manifest = {
-            "inputs": [str(s.path) for s in sources],
-            "runs": run,
-            **command.summary(),
-            "rows": command.rows,
-            "kept": command.kept,
-            "rejected": dict(sorted(command.reasons.items())),
-            "seconds": round(time.perf_counter() - started, 3),
-            "shards": shards,
-            "files": files,
-        }
-        directory.commit(manifest)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.work-", dir=out_dir.parent) as work:
+        command.prepare(sources, progress, executor, Path(work))
+        with OutputDirectory(out_dir, command.output_format, fresh) as directory:
+            run = int((directory.previous or {}).get("runs", 0)) + 1
+            shards = _write_shards(command, sources, directory, run, executor, progress)
+            files = command.extra_files(directory, run)
+            manifest = {
+                "inputs": [str(s.path) for s in sources],
+                "runs": run,
+                **command.summary(),
+                "rows": command.rows,
+                "kept": command.kept,
+                "rejected": dict(sorted(command.reasons.items())),
+                "seconds": round(time.perf_counter() - started, 3),
+                "executor": executor.describe(),
+                "shards": shards,
+                "files": files,
+            }
+            directory.commit(manifest)
     return manifest
+
+
+def _write_shards(
+    command: CorpusCommand,
+    sources: list[Source],
+    directory: OutputDirectory,
+    run: int,
+    executor: LocalExecutor,
+    progress: bool,
+) -> dict[str, list[dict[str, Any]]]:
+    """Each input's kept and rejected rows as one shard each, in input order; the command's judge (if
+    any) runs on the executor, ahead of the batches being split here."""
+    shards: dict[str, list[dict[str, Any]]] = {"data": [], "rejected": []}
+    name = command.output_format.split("-", 1)[1].split("/")[0]
+    judge = command.judge()
+    fn, shared = judge if judge is not None else (_nothing, None)
+    batches = (
+        (number, source, batch)
+        for number, source in enumerate(sources)
+        for batch in source.batches(command.batch_rows)
+    )
+    if judge is None:  # nothing to farm out
+        results = LocalExecutor().map(fn, shared, batches, payload=lambda item: None)
+    else:
+        # the texts copied out of the file's buffers: a slice would ship them whole to a cluster
+        texts = lambda item: pa.concat_arrays([item[2].column(command.text_field)])  # noqa: E731
+        results = executor.map(fn, shared, batches, payload=texts)
+    kept: list[pa.RecordBatch] = []
+    rejected: list[pa.RecordBatch] = []
+
+    def flush(number: int) -> None:
+        for folder, held in (("data", kept), ("rejected", rejected)):
+            if sum(len(b) for b in held):
+                # batches built from Python rows may type an all-null column differently
+                table = pa.concat_tables(
+                    [pa.Table.from_batches([b]) for b in held], promote_options="permissive"
+                )
+                shards[folder].append(
+                    directory.write_shard(table, f"{folder}/part-r{run}-{number:05d}.parquet")
+                )
+            held.clear()
+
+    current = None
+    with tqdm(desc=name, unit="row", disable=not progress) as bar:
+        for (number, source, batch), judged in results:
+            if number != current and current is not None:
+                flush(current)
+            current = number
+            keep, drop = command.split(batch, source, judged)
+            if len(keep):
+                kept.append(keep)
+            if len(drop):
+                if "reason" not in drop.schema.names or "detail" not in drop.schema.names:
+                    raise AssertionError(f"{name}: rejected rows need `reason` and `detail`")
+                rejected.append(drop)
+                for entry in pc.value_counts(drop.column("reason")).to_pylist():
+                    reason = entry["values"]
+                    command.reasons[reason] = command.reasons.get(reason, 0) + entry["counts"]
+            command.rows += len(batch)
+            command.kept += len(keep)
+            bar.update(len(batch))
+        if current is not None:
+            flush(current)
+    return shards
+
+
+def _nothing(shared: Any, texts: Any) -> None:
+    return None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,7 +13,8 @@ import pyarrow.compute as pc
 
 from synthkiln.engine.config import DecontaminateConfig
 from synthkiln.engine.corpus import CorpusCommand, Source
-from synthkiln.engine.stages.decontam import ContaminationIndex, contamination_column
+from synthkiln.engine.executor import LocalExecutor
+from synthkiln.engine.stages.decontam import ContaminationIndex, Match, contamination_column
 
 
 class Decontaminate(CorpusCommand):
@@ -29,17 +32,24 @@ class Decontaminate(CorpusCommand):
     def fields(self) -> dict[str, str]:
         return {self.text_field: "--text-field"}
 
-    def prepare(self, sources: list[Source], progress: bool) -> None:
+    def prepare(self, sources: list[Source], progress: bool, executor: LocalExecutor, work: Path) -> None:
         started = time.perf_counter()
         self.index = ContaminationIndex.for_config(self.config, progress=progress)
         self.index_seconds = time.perf_counter() - started
         self.hit_items = {b["name"]: set() for b in self.index.benchmarks}
         self.removed_by = dict.fromkeys(self.hit_items, 0)
 
-    def split(self, batch: pa.RecordBatch, source: Source) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+    def judge(
+        self,
+    ) -> tuple[Callable[[ContaminationIndex, pa.Array], list[Match | None]], ContaminationIndex]:
+        return find_matches, self.index
+
+    def split(
+        self, batch: pa.RecordBatch, source: Source, judged: list[Match | None] | None = None
+    ) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         texts = batch.column(self.text_field)
         null = pc.is_null(texts).to_numpy(zero_copy_only=False)
-        matches = self.index.find(pc.fill_null(texts, ""))
+        matches = judged if judged is not None else find_matches(self.index, texts)
         for match in matches:
             if match is not None:
                 self.hit_items[match.benchmark].add(f"{match.item_id}/{match.field}")
@@ -71,3 +81,8 @@ class Decontaminate(CorpusCommand):
             ],
             "index_seconds": round(self.index_seconds, 3),
         }
+
+
+def find_matches(index: ContaminationIndex, texts: pa.Array) -> list[Match | None]:
+    """Each text's benchmark match, if any (a null text has none); the part a cluster's workers run."""
+    return index.find(pc.fill_null(texts, ""))

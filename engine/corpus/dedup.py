@@ -1,8 +1,22 @@
-"""`synthkiln dedup`: near-duplicate clusters over a whole corpus, one row kept per cluster."""
+"""`synthkiln dedup`: near-duplicate clusters over a whole corpus, one row kept per cluster.
+
+Memory is bounded by design, not by the corpus. Signatures and band keys go to files in a scratch
+directory as batches are signed: each batch's band keys sorted into 1024 fine hash partitions. Ranges of
+partitions that fit `partition_mb` are then grouped one at a time (or side by side on a cluster): a
+bucket lives in one partition, so each range gives exactly the candidate pairs an in-memory pass gives
+for its buckets, confirmed against signatures read back from disk. What stays in memory is a few
+integers per document (clusters, keep flags, priorities): about 50 bytes, where 128 signature values
+take 512. The executor runs the signing and grouping tasks; the clusters are decided here, on global row
+numbers, so the kept set is the same whatever ran them.
+"""
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,11 +26,24 @@ from tqdm.auto import tqdm
 
 from synthkiln.engine.corpus import CorpusCommand, Source
 from synthkiln.engine.errors import SynthkilnError
+from synthkiln.engine.executor import LocalExecutor
 from synthkiln.engine.output.directory import OutputDirectory
 from synthkiln.engine.stages.dedup import save_index
-from synthkiln.kernels.lsh import cluster_duplicates
-from synthkiln.kernels.minhash import minhash_signatures, shingle_hashes
-from synthkiln.kernels.similarity import shingle_sets
+from synthkiln.kernels.lsh import (
+    Clusters,
+    band_keys,
+    bucket_pairs,
+    keepers,
+    optimal_bands,
+    partition_of,
+    union_find,
+)
+from synthkiln.kernels.minhash import EMPTY, minhash_signatures, shingle_hashes
+from synthkiln.kernels.similarity import exact_jaccard_pairs, jaccard_pairs, shingle_sets
+
+FINE_PARTITIONS = 1024
+RECORD = np.dtype([("key", "<u8"), ("row", "<i8"), ("band", "u1")])  # one band key of one document
+PAIRS_PER_STEP = 1 << 18  # candidate pairs confirmed at a time: bounds the signatures read back
 
 
 class Dedup(CorpusCommand):
@@ -33,12 +60,15 @@ class Dedup(CorpusCommand):
         keep: str = "first",
         backend: str = "auto",
         exact: bool = False,
+        partition_mb: int = 256,
     ) -> None:
         super().__init__()
         if keep not in ("first", "longest") and not keep.startswith("score:"):
             raise SynthkilnError(f"--keep must be first, longest or score:COLUMN, got {keep!r}")
+        if partition_mb < 1:
+            raise SynthkilnError(f"--partition-mb must be at least 1, got {partition_mb}")
         self.text_field, self.threshold, self.num_perm, self.ngram = text_field, threshold, num_perm, ngram
-        self.keep, self.backend, self.exact = keep, backend, exact
+        self.keep, self.backend, self.exact, self.partition_mb = keep, backend, exact, partition_mb
         self.seconds: dict[str, float] = {}
 
     def fields(self) -> dict[str, str]:
@@ -47,43 +77,51 @@ class Dedup(CorpusCommand):
             named[self.keep.split(":", 1)[1]] = f"--keep {self.keep}"
         return named
 
-    def prepare(self, sources: list[Source], progress: bool) -> None:
+    def prepare(self, sources: list[Source], progress: bool, executor: LocalExecutor, work: Path) -> None:
         started = time.perf_counter()
-        signatures, priority, bad, source_rows, sets = [], [], [], [], []
+        bands, rows = optimal_bands(self.threshold, self.num_perm)
+        spec = SignSpec(str(work), self.num_perm, self.ngram, self.backend, bands, rows, self.exact)
+        priority, bad, counts = [], [], []
+        source_rows = np.zeros(len(sources), np.int64)
         with tqdm(desc="signatures", unit="doc", disable=not progress) as bar:
-            for source in sources:
-                source_rows.append(0)
-                for batch in source.batches():
-                    source_rows[-1] += len(batch)
-                    texts = batch.column(self.text_field)
-                    signatures.append(
-                        minhash_signatures(
-                            texts, num_perm=self.num_perm, ngram=self.ngram, backend=self.backend
-                        )
-                    )
-                    if self.exact:
-                        sets.append(shingle_sets(*shingle_hashes(texts, ngram=self.ngram)))
-                    priority.append(_priority(batch, self.keep, self.text_field))
-                    bad.append(pc.is_null(texts).to_numpy(zero_copy_only=False))
-                    bar.update(len(batch))
-        self.signatures = (
-            np.concatenate(signatures) if signatures else np.zeros((0, self.num_perm), np.uint32)
-        )
-        del signatures
+            for (number, batch, _), partition_counts in executor.map(
+                sign_chunk, spec, _numbered(sources), payload=lambda item: item[2]
+            ):
+                source_rows[number] += len(batch)
+                priority.append(_priority(batch, self.keep, self.text_field))
+                bad.append(pc.is_null(batch.column(self.text_field)).to_numpy(zero_copy_only=False))
+                counts.append(partition_counts)
+                bar.update(len(batch))
         self.seconds["signatures"] = time.perf_counter() - started
         mark = time.perf_counter()
-        self.clusters = cluster_duplicates(
-            self.signatures,
-            self.threshold,
-            np.concatenate(priority) if priority else None,
-            shingles=_join(sets) if self.exact else None,
+        chunk_rows = [len(b) for b in bad]
+        store = ChunkStore(
+            str(work), np.concatenate([[0], np.cumsum(chunk_rows)]).astype(np.int64), self.exact
         )
+        plan = GroupSpec(store, _offsets(counts), self.threshold)
+        spans = _spans(plan.offsets, self.partition_mb)
+        edges = [pair for _, pair in executor.map(group_partitions, plan, spans)]
+        total = int(store.bases[-1])
+        first = np.concatenate([a for a, _ in edges]) if edges else np.zeros(0, np.int64)
+        second = np.concatenate([b for _, b in edges]) if edges else np.zeros(0, np.int64)
+        cluster = union_find(total, first, second)
+        del first, second, edges
+        keeper = keepers(cluster, np.concatenate(priority) if priority else np.zeros(0))
+        keep = keeper == np.arange(total)
+        similarity = np.ones(total)
+        dropped = np.flatnonzero(~keep)
+        similarity[dropped] = store.similarity(dropped, keeper[dropped])
+        self.clusters = Clusters(cluster, keep, np.where(keep, -1, keeper), similarity)
         self.quarantined = np.concatenate(bad) if bad else np.zeros(0, bool)
         self.seconds["clusters"] = time.perf_counter() - mark
-        self.sources, self.starts = sources, np.concatenate([[0], np.cumsum(source_rows)]).astype(np.int64)
+        self.store, self.partitions = store, len(spans)
+        self.sources = sources
+        self.starts = np.concatenate([[0], np.cumsum(source_rows)]).astype(np.int64)
         self.offset = 0
 
-    def split(self, batch: pa.RecordBatch, source: Source) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+    def split(
+        self, batch: pa.RecordBatch, source: Source, judged: Any = None
+    ) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         rows = np.arange(self.offset, self.offset + len(batch))
         self.offset += len(batch)
         clusters, quarantined = self.clusters, self.quarantined[rows]
@@ -123,7 +161,7 @@ class Dedup(CorpusCommand):
         self.index_name = f"index-r{run}.npz"
         save_index(
             directory.path / self.index_name,
-            self.signatures[kept],
+            self.store.gather_to_file(kept, "kept-signatures.npy"),
             [s.path.name for s in self.sources],
             np.stack([owners, kept - self.starts[owners]], axis=1),
             self.num_perm,
@@ -135,23 +173,195 @@ class Dedup(CorpusCommand):
         removed = ~self.clusters.keep & ~self.quarantined
         return {
             "parameters": {"text_field": self.text_field, "threshold": self.threshold, "num_perm": self.num_perm,
-                           "ngram": self.ngram, "keep": self.keep, "backend": self.backend, "exact": self.exact},
+                           "ngram": self.ngram, "keep": self.keep, "backend": self.backend, "exact": self.exact,
+                           "partition_mb": self.partition_mb},
             "removed": int(removed.sum()),
             "quarantined": int(self.quarantined.sum()),
             "clusters_with_duplicates": len(np.unique(self.clusters.cluster[removed])),
             "index": self.index_name,
+            "partitions_grouped": self.partitions,
             "seconds_by_pass": {k: round(v, 3) for k, v in self.seconds.items()},
         }  # fmt: skip
 
 
-def _join(sets: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate per-batch (hashes, offsets) into one."""
-    hashes = np.concatenate([h for h, _ in sets]) if sets else np.zeros(0, np.uint32)
-    offsets, base = [np.zeros(1, np.int64)], 0
-    for h, o in sets:
-        offsets.append(o[1:] + base)
-        base += len(h)
-    return hashes, np.concatenate(offsets)
+def _numbered(sources: list[Source]) -> Iterator[tuple[int, pa.RecordBatch, tuple[int, int, pa.Array]]]:
+    """(source number, batch, (chunk number, first global row, texts)) for every batch of every source;
+    the texts copied out of the file's buffers (a slice would ship them whole to a cluster)."""
+    chunk = base = 0
+    for number, source in enumerate(sources):
+        for batch in source.batches():
+            yield number, batch, (chunk, base, pa.concat_arrays([batch.column(source.text_field)]))
+            chunk, base = chunk + 1, base + len(batch)
+
+
+@dataclass(frozen=True)
+class SignSpec:
+    work: str
+    num_perm: int
+    ngram: int
+    backend: str
+    bands: int
+    rows: int
+    exact: bool
+
+
+def sign_chunk(spec: SignSpec, chunk: tuple[int, int, pa.Array]) -> np.ndarray:
+    """Sign one batch; write its signatures (and shingle sets) and its band keys, sorted by fine
+    partition, to `work`. Returns the number of band keys per fine partition."""
+    number, base, texts = chunk
+    work = Path(spec.work)
+    signatures = minhash_signatures(texts, num_perm=spec.num_perm, ngram=spec.ngram, backend=spec.backend)
+    _save(work / f"sig-{number}.npy", signatures)
+    if spec.exact:
+        hashes, offsets = shingle_sets(*shingle_hashes(texts, ngram=spec.ngram))
+        _save(work / f"shingles-{number}.npy", hashes)
+        _save(work / f"shingle-offsets-{number}.npy", offsets)
+    ids = np.flatnonzero(~(signatures == EMPTY).all(axis=1))
+    keys = band_keys(signatures[ids], spec.bands, spec.rows)
+    records = np.empty(keys.size, RECORD)
+    records["key"] = keys.ravel()
+    records["row"] = np.tile(ids + base, spec.bands)
+    records["band"] = np.repeat(np.arange(spec.bands, dtype=np.uint8), len(ids))
+    partition = partition_of(records["key"], FINE_PARTITIONS)
+    _save(work / f"bands-{number}.npy", records[np.argsort(partition, kind="stable")])
+    return np.bincount(partition, minlength=FINE_PARTITIONS)
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    """Whole or not at all: a retried task rewrites the same name."""
+    partial = path.with_name(path.name + f".{os.getpid()}.partial")
+    with open(partial, "wb") as handle:
+        np.save(handle, array)
+    os.replace(partial, path)
+
+
+@dataclass(frozen=True)
+class ChunkStore:
+    """Signatures (and shingle sets) of the signed batches, read back by global row number."""
+
+    work: str
+    bases: np.ndarray  # first global row of each chunk, and the total at the end
+    exact: bool
+
+    def similarity(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """Estimated (or exact) Jaccard of row pairs, reading a bounded number of rows at a time."""
+        out = np.empty(len(first))
+        for start in range(0, len(first), PAIRS_PER_STEP):
+            a, b = first[start : start + PAIRS_PER_STEP], second[start : start + PAIRS_PER_STEP]
+            rows, local = np.unique(np.concatenate([a, b]), return_inverse=True)
+            ia, ib = local[: len(a)], local[len(a) :]
+            if self.exact:
+                out[start : start + len(a)] = exact_jaccard_pairs(*self._sets(rows), ia, ib)
+            else:
+                out[start : start + len(a)] = jaccard_pairs(self._signatures(rows), ia, ib)
+        return out
+
+    def _chunks_of(self, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(chunk, positions in `rows`, rows local to the chunk) for sorted global `rows`."""
+        owners = np.searchsorted(self.bases, rows, side="right") - 1
+        for chunk in np.unique(owners):
+            where = np.flatnonzero(owners == chunk)
+            yield int(chunk), where, rows[where] - self.bases[chunk]
+
+    def _signatures(self, rows: np.ndarray) -> np.ndarray:
+        out: np.ndarray | None = None
+        for chunk, where, local in self._chunks_of(rows):
+            stored = np.load(Path(self.work) / f"sig-{chunk}.npy", mmap_mode="r")
+            if out is None:
+                out = np.empty((len(rows), stored.shape[1]), np.uint32)
+            out[where] = stored[local]
+            del stored  # unmapped: pages read stay out of this process's memory
+        return out if out is not None else np.zeros((0, 0), np.uint32)
+
+    def _sets(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pieces: list[tuple[np.ndarray, np.ndarray]] = []
+        for chunk, where, local in self._chunks_of(rows):
+            hashes = np.load(Path(self.work) / f"shingles-{chunk}.npy", mmap_mode="r")
+            offsets = np.load(Path(self.work) / f"shingle-offsets-{chunk}.npy")
+            starts, ends = offsets[local], offsets[local + 1]
+            lengths = ends - starts
+            flat = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(
+                lengths.sum()
+            )
+            pieces.append((where, lengths, np.asarray(hashes[flat])))
+            del hashes
+        lengths = np.zeros(len(rows), np.int64)
+        for where, piece_lengths, _ in pieces:
+            lengths[where] = piece_lengths
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        hashes = np.empty(offsets[-1], np.uint32)
+        for where, piece_lengths, values in pieces:
+            targets = np.repeat(offsets[where], piece_lengths) + (
+                np.arange(len(values))
+                - np.repeat(np.concatenate([[0], np.cumsum(piece_lengths)[:-1]]), piece_lengths)
+            )
+            hashes[targets] = values
+        return hashes, offsets
+
+    def gather_to_file(self, rows: np.ndarray, name: str) -> np.ndarray:
+        """Signatures of `rows` (sorted) in a memory-mapped file: the index is written from it."""
+        num_perm = (
+            np.load(Path(self.work) / "sig-0.npy", mmap_mode="r").shape[1] if len(self.bases) > 1 else 0
+        )
+        out = np.lib.format.open_memmap(Path(self.work) / name, "w+", np.uint32, (len(rows), num_perm))
+        for start in range(0, len(rows), PAIRS_PER_STEP):
+            out[start : start + PAIRS_PER_STEP] = self._signatures(rows[start : start + PAIRS_PER_STEP])
+        return out
+
+
+def _offsets(counts: list[np.ndarray]) -> np.ndarray:
+    """(chunks, FINE_PARTITIONS + 1): where each fine partition starts in each chunk's band file."""
+    offsets = np.zeros((len(counts), FINE_PARTITIONS + 1), np.int64)
+    for chunk, partition_counts in enumerate(counts):
+        np.cumsum(partition_counts, out=offsets[chunk, 1:])
+    return offsets
+
+
+def _spans(offsets: np.ndarray, partition_mb: int) -> list[tuple[int, int]]:
+    """Consecutive fine partitions grouped into ranges of at most `partition_mb` of band keys (a fine
+    partition larger than that is a range of its own)."""
+    sizes = (offsets[:, 1:] - offsets[:, :-1]).sum(axis=0) * RECORD.itemsize
+    budget = partition_mb << 20
+    spans, start, held = [], 0, 0
+    for partition, size in enumerate(sizes):
+        if held and held + size > budget:
+            spans.append((start, partition))
+            start, held = partition, 0
+        held += size
+    if held:
+        spans.append((start, len(sizes)))
+    return spans
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    store: ChunkStore
+    offsets: np.ndarray
+    threshold: float
+
+
+def group_partitions(spec: GroupSpec, span: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The confirmed near-duplicate pairs among the buckets of fine partitions [span): band keys read
+    from every chunk, bucket neighbours paired, pairs kept whose similarity reaches the threshold."""
+    low, high = span
+    pieces = []
+    for chunk in range(len(spec.offsets)):
+        start, stop = spec.offsets[chunk, low], spec.offsets[chunk, high]
+        if stop > start:
+            stored = np.load(Path(spec.store.work) / f"bands-{chunk}.npy", mmap_mode="r")
+            pieces.append(np.array(stored[start:stop]))
+            del stored
+    if not pieces:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    records = np.concatenate(pieces)
+    del pieces
+    first, second = bucket_pairs(records["key"], records["row"], records["band"])
+    del records
+    total = int(spec.store.bases[-1]) + 1
+    unique = np.unique(first * total + second)
+    first, second = unique // total, unique % total
+    confirmed = spec.store.similarity(first, second) >= spec.threshold
+    return first[confirmed], second[confirmed]
 
 
 def _priority(batch: pa.RecordBatch, keep: str, text_field: str) -> np.ndarray:

@@ -29,7 +29,9 @@ class Verify(CorpusCommand):
                 named.setdefault(field_name, f"{option} of {verifier.name}")
         return named
 
-    def split(self, batch: pa.RecordBatch, source: Source) -> tuple[pa.RecordBatch, pa.RecordBatch]:
+    def split(
+        self, batch: pa.RecordBatch, source: Source, judged: Any = None
+    ) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         rows = batch.to_pylist()
         kept, rejected = [], []
         for row, verdicts in zip(rows, verify_rows(self.pool, self.verifiers, rows), strict=True):

@@ -1,0 +1,130 @@
+"""Where the per-batch work of a command runs: in this process, or as tasks on a Ray cluster.
+
+One interface for both: `map(fn, shared, items)` calls `fn(shared, item)` for every item and yields
+`(item, result)` in the items' order (`payload(item)`, when given, is what is sent). `shared` (a benchmark index, a plan) is sent once: through the
+object store on Ray, where a task's arguments would otherwise copy it per call. Results come back in
+order, so a command decides exactly as it does locally; at most `2 x workers` tasks are in flight, so
+a corpus streams through the cluster without being held in the driver.
+
+Ray retries a task whose worker dies (`max_retries`): a task here is a pure function of its
+arguments (files it writes are written whole under a name it alone uses), so a retry cannot double a
+result. The driver alone writes the output directory and commits it. Disconnecting never stops a
+cluster this process did not start.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+from synthkiln.engine.errors import SynthkilnError
+
+Item = TypeVar("Item")
+EXECUTORS = ("local", "ray")
+
+
+class LocalExecutor:
+    """Everything in this process, one item after another."""
+
+    name = "local"
+    workers = 1
+
+    def map(
+        self,
+        fn: Callable[[Any, Any], Any],
+        shared: Any,
+        items: Iterable[Item],
+        payload: Callable[[Item], Any] = lambda item: item,
+    ) -> Iterator[tuple[Item, Any]]:
+        """`(item, fn(shared, payload(item)))` for every item, in order."""
+        for item in items:
+            yield item, fn(shared, payload(item))
+
+    def describe(self) -> dict[str, Any]:
+        return {"executor": "local", "workers": 1}
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RayExecutor(LocalExecutor):
+    """Tasks on a Ray cluster: the one at `address` (or RAY_ADDRESS), else a local one started here."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise SynthkilnError("--executor ray needs Ray: pip install 'synthkiln[ray]'") from None
+        self._ray = ray
+        self._started_here = False
+        if not ray.is_initialized():
+            address = address or os.environ.get("RAY_ADDRESS")
+            try:
+                if address:
+                    ray.init(address=address, log_to_driver=False)
+                else:
+                    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+                    self._started_here = True
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise SynthkilnError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
+        self.address = address
+        self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self._remotes: dict[Callable[..., Any], Any] = {}
+
+    def map(
+        self,
+        fn: Callable[[Any, Any], Any],
+        shared: Any,
+        items: Iterable[Item],
+        payload: Callable[[Item], Any] = lambda item: item,
+    ) -> Iterator[tuple[Item, Any]]:
+        ray = self._ray
+        remote = self._remotes.get(fn)
+        if remote is None:
+            remote = self._remotes[fn] = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(fn)
+        shared_ref = ray.put(shared)
+        pending: deque[tuple[Item, Any]] = deque()
+        for item in items:
+            pending.append((item, remote.remote(shared_ref, payload(item))))
+            if len(pending) >= 2 * self.workers:
+                yield self._next(pending)
+        while pending:
+            yield self._next(pending)
+
+    def _next(self, pending: deque[tuple[Item, Any]]) -> tuple[Item, Any]:
+        item, ref = pending.popleft()
+        try:
+            return item, self._ray.get(ref)
+        except self._ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, SynthkilnError):  # bad input found by a task: the same clear error
+                raise SynthkilnError(str(cause)) from None
+            raise
+
+    def describe(self) -> dict[str, Any]:
+        nodes = [n for n in self._ray.nodes() if n.get("Alive")]
+        return {"executor": "ray", "workers": self.workers, "nodes": len(nodes)}
+
+    def close(self) -> None:
+        if self._started_here:
+            self._ray.shutdown()
+
+
+def open_executor(kind: str = "local", address: str | None = None) -> LocalExecutor:
+    if kind == "local":
+        if address:
+            raise SynthkilnError("--ray-address needs --executor ray")
+        return LocalExecutor()
+    if kind == "ray":
+        return RayExecutor(address)
+    raise SynthkilnError(f"executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
