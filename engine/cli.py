@@ -68,8 +68,15 @@ def _parser() -> argparse.ArgumentParser:
     dedup.add_argument(
         "--exact",
         action="store_true",
-        help="confirm candidates by exact Jaccard on shingles (keeps shingle sets in memory)",
+        help="confirm candidates by exact Jaccard on shingles (shingle sets kept on disk beside signatures)",
     )
+    dedup.add_argument(
+        "--partition-mb",
+        type=int,
+        default=256,
+        help="band keys grouped at a time (default 256): bounds peak memory whatever the corpus size",
+    )
+    _add_executor(dedup)
     dedup.add_argument("--quiet", action="store_true", help="no progress bar")
     dedup.set_defaults(handler=_dedup)
 
@@ -113,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     decontaminate.add_argument("--unicode", action="store_true", help="NFKC + Unicode lowercase first")
     decontaminate.add_argument("--backend", choices=["auto", "numba", "triton"], default="auto")
+    _add_executor(decontaminate)
     decontaminate.add_argument("--quiet", action="store_true", help="no progress bar")
     decontaminate.set_defaults(handler=_decontaminate)
 
@@ -218,6 +226,19 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--format", choices=["toml", "yaml", "json"], default="toml")
     show.set_defaults(handler=_config_show)
     return parser
+
+
+def _add_executor(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default=None,
+        help="where the work runs: this process (local, the default) or a Ray cluster",
+    )
+    parser.add_argument(
+        "--ray-address",
+        help="a running Ray cluster (host:port, or auto); default RAY_ADDRESS, else a local Ray started here",
+    )
 
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
@@ -403,13 +424,24 @@ def _clip(text: str, width: int = 160) -> str:
 def _dedup(args: argparse.Namespace) -> int:
     from synthkiln.engine.corpus import run_corpus_command
     from synthkiln.engine.corpus.dedup import Dedup
+    from synthkiln.engine.executor import open_executor
 
     if not 0 < args.threshold < 1:
         raise SynthkilnError(f"--threshold must be between 0 and 1, got {args.threshold}")
     command = Dedup(
-        args.text_field, args.threshold, args.num_perm, args.ngram, args.keep, args.backend, args.exact
+        args.text_field,
+        args.threshold,
+        args.num_perm,
+        args.ngram,
+        args.keep,
+        args.backend,
+        args.exact,
+        args.partition_mb,
     )
-    manifest = run_corpus_command(command, [Path(p) for p in args.inputs], Path(args.out), not args.quiet)
+    with open_executor(args.executor or "local", args.ray_address) as executor:
+        manifest = run_corpus_command(
+            command, [Path(p) for p in args.inputs], Path(args.out), not args.quiet, executor=executor
+        )
     print(f"rows {manifest['rows']}  kept {manifest['kept']}  removed {manifest['removed']}  "
           f"quarantined {manifest['quarantined']}  clusters {manifest['clusters_with_duplicates']}")  # fmt: skip
     print(f"dataset: {args.out}")
@@ -558,6 +590,7 @@ def _decontaminate(args: argparse.Namespace) -> int:
     from synthkiln.engine.config import DecontaminateConfig
     from synthkiln.engine.corpus import run_corpus_command
     from synthkiln.engine.corpus.decontaminate import Decontaminate
+    from synthkiln.engine.executor import open_executor
 
     try:
         config = DecontaminateConfig(
@@ -571,7 +604,10 @@ def _decontaminate(args: argparse.Namespace) -> int:
         )
         raise SynthkilnError(problems) from None
     command = Decontaminate(config, args.text_field)
-    manifest = run_corpus_command(command, [Path(p) for p in args.inputs], Path(args.out), not args.quiet)
+    with open_executor(args.executor or "local", args.ray_address) as executor:
+        manifest = run_corpus_command(
+            command, [Path(p) for p in args.inputs], Path(args.out), not args.quiet, executor=executor
+        )
     print(f"rows {manifest['rows']}  kept {manifest['kept']}  removed {manifest['removed']}  "
           f"quarantined {manifest['quarantined']}")  # fmt: skip
     for benchmark in manifest["decontaminated_against"]:

@@ -234,9 +234,10 @@ class CorpusCommand(ABC):
         """A pass over the whole corpus before any row is written (dedup's clusters); `work` is a
         scratch directory beside the output (on the storage every node of a cluster writes)."""
 
-    def judge(self) -> tuple[Callable[[Any, pa.Array], Any], Any] | None:
-        """Per-batch work that may run on a cluster's workers: `(fn, shared)`, where `fn(shared, texts)`
-        (texts: the batch's `text_field`) is a module-level pure function whose result `split` gets."""
+    def judge(self) -> tuple[Callable[[Any, pa.RecordBatch], Any], Any] | None:
+        """Per-batch work that may run on a cluster's workers: `(fn, shared)`, where `fn(shared, batch)`
+        (the batch holding the fields the command reads) is a module-level pure function whose result
+        `split` gets."""
         return None
 
     @abstractmethod
@@ -313,9 +314,8 @@ def _write_shards(
     if judge is None:  # nothing to farm out
         results = LocalExecutor().map(fn, shared, batches, payload=lambda item: None)
     else:
-        # the texts copied out of the file's buffers: a slice would ship them whole to a cluster
-        texts = lambda item: pa.concat_arrays([item[2].column(command.text_field)])  # noqa: E731
-        results = executor.map(fn, shared, batches, payload=texts)
+        read = sorted({f.split(".", 1)[0] for f in command.fields()})
+        results = executor.map(fn, shared, batches, payload=lambda item: compact(item[2], read))
     kept: list[pa.RecordBatch] = []
     rejected: list[pa.RecordBatch] = []
 
@@ -355,5 +355,11 @@ def _write_shards(
     return shards
 
 
-def _nothing(shared: Any, texts: Any) -> None:
+def _nothing(shared: Any, batch: Any) -> None:
     return None
+
+
+def compact(batch: pa.RecordBatch, fields: list[str]) -> pa.RecordBatch:
+    """The batch's `fields`, copied out of the file's buffers: a slice would ship them whole to a
+    cluster's workers."""
+    return pa.RecordBatch.from_arrays([pa.concat_arrays([batch.column(f)]) for f in fields], names=fields)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +40,15 @@ class Decontaminate(CorpusCommand):
         self.hit_items = {b["name"]: set() for b in self.index.benchmarks}
         self.removed_by = dict.fromkeys(self.hit_items, 0)
 
-    def judge(
-        self,
-    ) -> tuple[Callable[[ContaminationIndex, pa.Array], list[Match | None]], ContaminationIndex]:
-        return find_matches, self.index
+    def judge(self) -> tuple[Callable[[Search, pa.RecordBatch], list[Match | None]], Search]:
+        return find_matches, Search(self.index, self.text_field)
 
     def split(
         self, batch: pa.RecordBatch, source: Source, judged: list[Match | None] | None = None
     ) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         texts = batch.column(self.text_field)
         null = pc.is_null(texts).to_numpy(zero_copy_only=False)
-        matches = judged if judged is not None else find_matches(self.index, texts)
+        matches = judged if judged is not None else find_matches(Search(self.index, self.text_field), batch)
         for match in matches:
             if match is not None:
                 self.hit_items[match.benchmark].add(f"{match.item_id}/{match.field}")
@@ -83,6 +82,12 @@ class Decontaminate(CorpusCommand):
         }
 
 
-def find_matches(index: ContaminationIndex, texts: pa.Array) -> list[Match | None]:
-    """Each text's benchmark match, if any (a null text has none); the part a cluster's workers run."""
-    return index.find(pc.fill_null(texts, ""))
+@dataclass(frozen=True)
+class Search:
+    index: ContaminationIndex
+    text_field: str
+
+
+def find_matches(search: Search, batch: pa.RecordBatch) -> list[Match | None]:
+    """Each row's benchmark match, if any (a null text has none); the part a cluster's workers run."""
+    return search.index.find(pc.fill_null(batch.column(search.text_field), ""))

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from synthkiln.engine.corpus import CorpusCommand, Source
+from synthkiln.engine.corpus import CorpusCommand, Source, compact
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.executor import LocalExecutor
 from synthkiln.engine.output.directory import OutputDirectory
@@ -85,7 +85,7 @@ class Dedup(CorpusCommand):
         source_rows = np.zeros(len(sources), np.int64)
         with tqdm(desc="signatures", unit="doc", disable=not progress) as bar:
             for (number, batch, _), partition_counts in executor.map(
-                sign_chunk, spec, _numbered(sources), payload=lambda item: item[2]
+                sign_chunk, spec, _numbered(sources, self.batch_rows), payload=lambda item: item[2]
             ):
                 source_rows[number] += len(batch)
                 priority.append(_priority(batch, self.keep, self.text_field))
@@ -184,13 +184,15 @@ class Dedup(CorpusCommand):
         }  # fmt: skip
 
 
-def _numbered(sources: list[Source]) -> Iterator[tuple[int, pa.RecordBatch, tuple[int, int, pa.Array]]]:
+def _numbered(
+    sources: list[Source], batch_rows: int
+) -> Iterator[tuple[int, pa.RecordBatch, tuple[int, int, pa.Array]]]:
     """(source number, batch, (chunk number, first global row, texts)) for every batch of every source;
     the texts copied out of the file's buffers (a slice would ship them whole to a cluster)."""
     chunk = base = 0
     for number, source in enumerate(sources):
-        for batch in source.batches():
-            yield number, batch, (chunk, base, pa.concat_arrays([batch.column(source.text_field)]))
+        for batch in source.batches(batch_rows):
+            yield number, batch, (chunk, base, compact(batch, [source.text_field]).column(0))
             chunk, base = chunk + 1, base + len(batch)
 
 

@@ -1,0 +1,92 @@
+"""`synthkiln dedup`'s disk-partitioned clusters against the in-memory reference (`cluster_duplicates`)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from synthkiln.engine.corpus import run_corpus_command
+from synthkiln.engine.corpus.dedup import Dedup
+from synthkiln.kernels.lsh import cluster_duplicates
+from synthkiln.kernels.minhash import minhash_signatures, shingle_hashes
+from synthkiln.kernels.similarity import shingle_sets
+
+
+def planted_corpus(gsm8k_dir: Path, path: Path, documents: int = 6000) -> list[str]:
+    """GSM8K train text with one in five documents copied later with a word or two changed, and some
+    copied twice (clusters of three), plus empty and null rows."""
+    lines = (gsm8k_dir / "train.jsonl").read_text().splitlines()[:documents]
+    texts: list[str | None] = [json.loads(x)["question"] + " " + json.loads(x)["answer"] for x in lines]
+    rng = random.Random(7)
+    for index in range(0, documents, 5):
+        for _ in range(1 + (index % 15 == 0)):
+            words = str(texts[index]).split()
+            for _ in range(rng.choice([1, 2])):
+                words[rng.randrange(len(words))] = rng.choice(["zebra", "quartz", "violin"])
+            texts.insert(rng.randrange(index + 1, len(texts) + 1), " ".join(words))
+    texts[10], texts[11] = None, ""
+    path.write_text("".join(json.dumps({"text": t, "score": i % 11}) + "\n" for i, t in enumerate(texts)))
+    return texts  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def corpus(gsm8k_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
+    return path, planted_corpus(gsm8k_dir, path)
+
+
+@pytest.mark.parametrize(
+    ("keep", "exact"), [("first", False), ("longest", False), ("score:score", False), ("first", True)]
+)
+def test_partitioned_clusters_equal_the_in_memory_ones(
+    corpus, tmp_path: Path, keep: str, exact: bool
+) -> None:
+    """Many signing batches and many partition ranges give exactly the in-memory pass's clusters,
+    kept rows, `duplicate_of` and similarities."""
+    path, texts = corpus
+    command = Dedup("text", 0.7, keep=keep, exact=exact, partition_mb=1)
+    command.batch_rows = 1000
+    manifest = run_corpus_command(command, [path], tmp_path / "out", progress=False)
+    assert manifest["partitions_grouped"] >= 2  # the 1 MB budget split the band keys
+
+    signatures = minhash_signatures(texts)
+    priority = {
+        "first": None,
+        "longest": np.array([len(t or "") for t in texts], float),
+        "score:score": np.array([i % 11 for i in range(len(texts))], float),
+    }[keep]
+    shingles = shingle_sets(*shingle_hashes([t or "" for t in texts])) if exact else None
+    reference = cluster_duplicates(signatures, 0.7, priority, shingles=shingles)
+    assert 1280 <= (~reference.keep).sum() < 1700  # at least the 1280 planted copies, found
+    clusters = command.clusters
+    np.testing.assert_array_equal(clusters.cluster, reference.cluster)
+    np.testing.assert_array_equal(clusters.keep, reference.keep)
+    np.testing.assert_array_equal(clusters.duplicate_of, reference.duplicate_of)
+    np.testing.assert_allclose(clusters.similarity, reference.similarity)
+
+    kept = pq.read_table(tmp_path / "out" / "data").column("text").to_pylist()
+    assert kept == [t for t, k in zip(texts, reference.keep, strict=True) if k and t is not None]
+
+
+def test_index_of_kept_signatures_is_written_from_disk(corpus, tmp_path: Path) -> None:
+    path, texts = corpus
+    command = Dedup("text", 0.7)
+    command.batch_rows = 2500
+    manifest = run_corpus_command(command, [path], tmp_path / "out", progress=False)
+    with np.load(tmp_path / "out" / manifest["index"]) as index:
+        stored, rows = index["signatures"], index["rows"]
+    kept = np.flatnonzero(command.clusters.keep & ~command.quarantined)
+    assert len(stored) == len(kept) == manifest["kept"]
+    np.testing.assert_array_equal(rows[:, 1], kept)
+    np.testing.assert_array_equal(stored, minhash_signatures([texts[i] for i in kept]))
+
+
+def test_scratch_directory_is_removed(corpus, tmp_path: Path) -> None:
+    path, _ = corpus
+    run_corpus_command(Dedup("text", 0.7), [path], tmp_path / "out", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

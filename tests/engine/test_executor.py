@@ -1,0 +1,133 @@
+"""The Ray executor gives the local executor's answers: a local Ray, and a two-node cluster on loopback.
+
+Every Ray here runs in a subprocess (a CLI, or `ray start`), so the test process never holds a cluster;
+the two-node cluster is stopped with `ray stop` when the module ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import REPO, synthkiln_command
+from tests.engine.corpus.test_dedup import planted_corpus
+
+RAY = str(Path(sys.executable).with_name("ray"))
+# The tests' clusters live on loopback for the length of a module: no token to hand between nodes.
+RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_node(*args: str) -> None:
+    temp = tempfile.mkdtemp(prefix="ray")  # short: Ray's socket paths must fit 107 characters
+    subprocess.run(
+        [RAY, "start", "--num-cpus=1", "--object-store-memory=200000000", f"--temp-dir={temp}",
+         "--node-ip-address=127.0.0.1", "--disable-usage-stats", *args],
+        check=True, capture_output=True, env=RAY_ENV,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A head and a worker node, one CPU each, each with its own temp dir: the address to connect to."""
+    port = _free_port()
+    start_node("--head", f"--port={port}", "--include-dashboard=false")
+    try:
+        start_node(f"--address=127.0.0.1:{port}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, env=RAY_ENV)
+
+
+@pytest.fixture(scope="module")
+def corpus(gsm8k_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], set[int]]:
+    """The planted near-duplicate corpus in three files (JSONL and Parquet): several signing tasks, and
+    GSM8K test questions pasted into a few rows for decontamination."""
+    folder = tmp_path_factory.mktemp("corpus")
+    texts = planted_corpus(gsm8k_dir, folder / "all.jsonl", documents=3000)
+    tests = [json.loads(x)["question"] for x in (gsm8k_dir / "test.jsonl").read_text().splitlines()[:40]]
+    rng = random.Random(5)
+    planted = set(rng.sample(range(len(texts)), 12))
+    for number, (where, question) in enumerate(zip(sorted(planted), tests, strict=False)):
+        texts[where] = f"{texts[where] or ''} {question}" if number % 2 else question
+    rows = [{"text": t, "n": i} for i, t in enumerate(texts)]
+    third = len(rows) // 3
+    paths = [folder / "a.jsonl", folder / "b.parquet", folder / "c.jsonl"]
+    paths[0].write_text("".join(json.dumps(r) + "\n" for r in rows[:third]))
+    pq.write_table(pa.Table.from_pylist(rows[third : 2 * third]), paths[1])
+    paths[2].write_text("".join(json.dumps(r) + "\n" for r in rows[2 * third :]))
+    return paths, planted
+
+
+def synthkiln(*args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([*synthkiln_command(), *args, "--quiet"], capture_output=True, text=True, cwd=REPO,
+                          env=RAY_ENV)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def outputs(directory: Path) -> tuple[list[dict], list[dict], dict]:
+    manifest = json.loads((directory / "manifest.json").read_text())
+    return (
+        pq.read_table(directory / "data").to_pylist(),
+        pq.read_table(directory / "rejected").to_pylist(),
+        manifest,
+    )
+
+
+def executors(cluster_address: str | None) -> list[str]:
+    return ["--executor", "ray", *(["--ray-address", cluster_address] if cluster_address else [])]
+
+
+@pytest.fixture(scope="module", params=["local-ray", "two-nodes"])
+def ray_args(request: pytest.FixtureRequest) -> list[str]:
+    if request.param == "local-ray":
+        return executors(None)
+    return executors(request.getfixturevalue("cluster"))
+
+
+def test_dedup_on_ray_keeps_exactly_the_local_rows(corpus, tmp_path: Path, ray_args) -> None:
+    corpus, _ = corpus
+    options = ["--threshold", "0.7", "--keep", "longest", "--partition-mb", "1"]
+    synthkiln("dedup", *map(str, corpus), "--out", str(tmp_path / "local"), *options)
+    synthkiln("dedup", *map(str, corpus), "--out", str(tmp_path / "ray"), *options, *ray_args)
+    kept, removed, manifest = outputs(tmp_path / "local")
+    ray_kept, ray_removed, ray_manifest = outputs(tmp_path / "ray")
+    assert len(removed) > 600  # the planted copies and the null row
+    assert ray_kept == kept and ray_removed == removed
+    assert ray_manifest["partitions_grouped"] == manifest["partitions_grouped"] >= 2
+    assert manifest["executor"] == {"executor": "local", "workers": 1}
+    nodes = 2 if "--ray-address" in ray_args else 1
+    assert ray_manifest["executor"] == {"executor": "ray", "workers": 2, "nodes": nodes}
+
+
+def test_decontaminate_on_ray_removes_exactly_the_local_rows(
+    corpus, tmp_path: Path, gsm8k_dir: Path, ray_args
+) -> None:
+    corpus, planted = corpus
+    options = ["--benchmark", f"gsm8k={gsm8k_dir / 'test.jsonl'}"]
+    synthkiln("decontaminate", *map(str, corpus), "--out", str(tmp_path / "local"), *options)
+    synthkiln("decontaminate", *map(str, corpus), "--out", str(tmp_path / "ray"), *options, *ray_args)
+    kept, removed, manifest = outputs(tmp_path / "local")
+    ray_kept, ray_removed, ray_manifest = outputs(tmp_path / "ray")
+    # every planted test question, alone or pasted into a row (and GSM8K train's own near-copies)
+    assert planted <= {row["n"] for row in removed if row["reason"] == "contaminated:gsm8k"}
+    assert ray_kept == kept and ray_removed == removed
+    assert ray_manifest["decontaminated_against"] == manifest["decontaminated_against"]
+    assert ray_manifest["executor"]["executor"] == "ray"
