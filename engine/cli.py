@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resume although the seeds, template or benchmark files changed (both hashes are recorded)",
     )
+    _add_executor(run)
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(handler=_run)
 
@@ -158,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--sandbox", choices=["bubblewrap", "rlimits-only"], default="bubblewrap")
     verify.add_argument("--workers", type=int, help="concurrent sandboxed jobs (default: one per core)")
     verify.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds per job (default 10)")
+    _add_executor(verify)
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
     verify.set_defaults(handler=_verify)
 
@@ -257,7 +259,12 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise SynthkilnError(f"--limit must be at least 1, got {args.limit}")
-    with Pipeline.from_recipe(args.recipe, args.overrides) as pipeline:
+    overrides = list(args.overrides)
+    if args.executor:
+        overrides.append(f"executor={args.executor}")
+    if args.ray_address:
+        overrides.append(f"ray.address={args.ray_address}")
+    with Pipeline.from_recipe(args.recipe, overrides) as pipeline:
         out = Path(args.out) if args.out else pipeline.recipe.output_dir
         manifest = pipeline.run(
             out,
@@ -621,6 +628,7 @@ def _verify(args: argparse.Namespace) -> int:
     from synthkiln.engine.config import VerifyConfig
     from synthkiln.engine.corpus import run_corpus_command
     from synthkiln.engine.corpus.verify import Verify
+    from synthkiln.engine.executor import open_executor
     from synthkiln.engine.stages.verify import build_pool, build_verifier
 
     given = {
@@ -650,7 +658,8 @@ def _verify(args: argparse.Namespace) -> int:
         options = {key: value for key, value in given.items() if value is not None}
         verifiers.append(build_verifier(name, options, ignore_unknown=True))
     config = VerifyConfig(sandbox=args.sandbox, workers=args.workers, wall_seconds=args.timeout)
-    with build_pool(config) as pool:
+    executor = args.executor or "local"
+    with open_executor(executor, args.ray_address), build_pool(config, executor) as pool:
         manifest = run_corpus_command(
             Verify(verifiers, pool), [Path(p) for p in args.inputs], Path(args.out), not args.quiet
         )

@@ -507,6 +507,20 @@ class OutputConfig(_Strict):
     commit_seconds: float = Field(60.0, gt=0, description="Commit pending rows at least this often.")
 
 
+class RayConfig(_Strict):
+    """Where `executor = "ray"` runs: the cluster, and how teachers are placed on it."""
+
+    address: str | None = Field(
+        None, description="A running cluster (host:port, or auto); default RAY_ADDRESS, else a local Ray."
+    )
+    actors_per_teacher: int | None = Field(
+        None,
+        ge=1,
+        description="Engine actors per teacher (default: a vLLM teacher's replicas, else one); each "
+        "takes the GPUs of one tensor-parallel group.",
+    )
+
+
 class Recipe(_Strict):
     """A whole synthkiln run: seeds -> task -> teachers -> stages -> dataset directory."""
 
@@ -531,6 +545,10 @@ class Recipe(_Strict):
     mix: MixConfig | None = Field(None, description="Mix the accepted rows with human data at a share.")
     cost: CostConfig = Field(default_factory=CostConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    executor: Literal["local", "ray"] = Field(
+        "local", description="Where teachers and verifiers run: this machine, or a Ray cluster."
+    )
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
     def _unique_teacher_names(self) -> Recipe:
@@ -565,6 +583,8 @@ class Recipe(_Strict):
         content.pop("guards")  # they refuse or flag a run, they do not change its rows
         content.pop("cost")
         content.pop("bias")  # measured, decides nothing
+        content.pop("executor")  # the same rows wherever they are made
+        content.pop("ray")
         if content["mix"] is None:  # a mix decides how many rows the run makes
             content.pop("mix")
         content["generation"].pop("max_in_flight")

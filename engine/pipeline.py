@@ -47,6 +47,7 @@ from synthkiln.engine.config import Recipe, SamplingConfig, load_recipe, recipe_
 from synthkiln.engine.controller import UNSTEERED, Policy, Rotation, Steering
 from synthkiln.engine.corpus.mix import Fields, read_side, synthetic_count
 from synthkiln.engine.errors import RecipeError, SeedsError
+from synthkiln.engine.executor import LocalExecutor, open_executor
 from synthkiln.engine.generation import Job, TeacherDriver
 from synthkiln.engine.output.writer import SEEDS_STAGE, DatasetWriter
 from synthkiln.engine.schema import ROW_SCHEMA, conform, rejected_schema, with_fields
@@ -239,6 +240,7 @@ class Pipeline:
         self.schema = with_fields(ROW_SCHEMA, [field for stage in every for field in stage.fields])
         self._teachers = teachers
         self._owns_teachers = teachers is None  # teachers passed in are the caller's to close
+        self._executor: LocalExecutor | None = None
         self._drivers: list[TeacherDriver] | None = None
         if recipe.diversity.enabled:
             from synthkiln.engine.diversity import prepare  # numba: see `run`
@@ -263,8 +265,19 @@ class Pipeline:
         """The teachers, loaded on first use. Once generation starts, their drivers own them: use
         `drivers` (whose `generate` is safe from any thread) rather than a teacher directly."""
         if self._teachers is None:
-            self._teachers = build_teachers(self.recipe.teachers)
+            if self.recipe.executor == "ray":
+                from synthkiln.engine.teachers.ray_teacher import build_ray_teachers
+
+                self._connect()
+                self._teachers = build_ray_teachers(self.recipe.teachers, self.recipe.ray.actors_per_teacher)
+            else:
+                self._teachers = build_teachers(self.recipe.teachers)
         return self._teachers
+
+    def _connect(self) -> None:
+        """Connect to the recipe's Ray cluster (or start a local one), once; `close` disconnects."""
+        if self._executor is None:
+            self._executor = open_executor(self.recipe.executor, self.recipe.ray.address)
 
     @property
     def drivers(self) -> list[TeacherDriver]:
@@ -296,6 +309,9 @@ class Pipeline:
             for teacher in self._teachers or []:
                 teacher.close()
             self._teachers = None
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
 
     def __enter__(self) -> Pipeline:
         return self

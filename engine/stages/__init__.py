@@ -47,7 +47,7 @@ def default_stages(recipe: Recipe, served_teacher: Callable[[str], Any] | None =
         served = None
         if served_teacher is not None:
             served = ServedTeachers([t.label for t in recipe.teachers], served_teacher)
-        stages.append(Verify.from_config(recipe.verify, served))
+        stages.append(Verify.from_config(recipe.verify, served, recipe.executor))
     if recipe.diversity.min_novelty is not None:
         from synthkiln.engine.stages.novelty import Novelty
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,12 +128,57 @@ def _generate(teacher: Callable[[], Any], max_tokens: int) -> Callable[[list[str
     return generate
 
 
-def build_pool(config: VerifyConfig) -> VerifierPool:
+def build_pool(config: VerifyConfig, executor: str = "local") -> VerifierPool:
+    """The sandboxed pool of this machine, or (`executor="ray"`) one on every node of the cluster."""
     limits = Limits(wall_seconds=config.wall_seconds, memory_bytes=config.memory_mb << 20)
     try:
+        if executor == "ray":
+            return RayVerifierPool(config, limits)
         return VerifierPool(config.workers, config.sandbox, limits)
     except SandboxUnavailable as exc:
         raise SynthkilnError(str(exc)) from None
+
+
+class RayVerifierPool(VerifierPool):
+    """Sandboxed checks spread over a Ray cluster's CPUs: a batch's rows go out in as many contiguous
+    groups as the cluster has CPUs, each checked by a one-worker pool in a Ray worker process (the
+    sandbox of that node); verdicts come back in row order. Model verifiers (`batched`) judge here,
+    beside the teacher they share."""
+
+    def __init__(self, config: VerifyConfig, limits: Limits) -> None:
+        super().__init__(1, config.sandbox, limits)  # checks this node can sandbox, as the nodes must
+        self.config = config
+        self._remote: Any = None
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.sandbox.describe(), "executor": "ray"}
+
+    def check_batch(self, verifier: Verifier, rows: Sequence[dict[str, Any]]) -> list[Verdict]:
+        if verifier.batched or not rows:
+            return super().check_batch(verifier, rows)
+        import ray
+
+        if self._remote is None:
+            self._remote = ray.remote(num_cpus=1, max_retries=3)(check_on_node)
+        parts = max(1, min(len(rows), int(ray.cluster_resources().get("CPU", 1))))
+        size = -(-len(rows) // parts)
+        calls = [
+            self._remote.remote(self.config, verifier, list(rows[i : i + size]))
+            for i in range(0, len(rows), size)
+        ]
+        return [verdict for group in ray.get(calls) for verdict in group]
+
+
+_NODE_POOLS: dict[str, VerifierPool] = {}  # one per Ray worker process and configuration
+
+
+def check_on_node(config: VerifyConfig, verifier: Verifier, rows: list[dict[str, Any]]) -> list[Verdict]:
+    """A Ray task: `rows` checked by this worker process's own one-worker sandboxed pool."""
+    key = config.model_dump_json()
+    if key not in _NODE_POOLS:
+        limits = Limits(wall_seconds=config.wall_seconds, memory_bytes=config.memory_mb << 20)
+        _NODE_POOLS[key] = VerifierPool(1, config.sandbox, limits)
+    return _NODE_POOLS[key].check_batch(verifier, rows)
 
 
 def verify_rows(
@@ -185,9 +230,11 @@ class Verify(Stage):
         self.sandbox = pool.describe()
 
     @classmethod
-    def from_config(cls, config: VerifyConfig, served: ServedTeachers | None = None) -> Verify:
+    def from_config(
+        cls, config: VerifyConfig, served: ServedTeachers | None = None, executor: str = "local"
+    ) -> Verify:
         verifiers = [build_verifier(v.name, v.model_dump(), served) for v in config.verifiers]
-        return cls(verifiers, build_pool(config))
+        return cls(verifiers, build_pool(config, executor))
 
     def process(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         rows = batch.to_pylist()
