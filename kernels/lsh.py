@@ -61,30 +61,112 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 def candidate_pairs(keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs (i < j) sharing a bucket in some band: neighbours in each bucket's sorted run."""
-    ids = np.flatnonzero(valid)
-    count = len(ids)
-    first, second = bucket_pairs(
-        keys[:, ids].ravel(), np.tile(ids, len(keys)), np.repeat(np.arange(len(keys)), count)
-    )
-    unique = np.unique(first.astype(np.int64) * (len(valid) + 1) + second)
+    ids = np.flatnonzero(valid).astype(np.uint64)
+    tagged = np.concatenate([(np.uint64(band) << _BAND_SHIFT) | ids for band in range(len(keys))])
+    first, second = bucket_pairs(keys[:, valid].ravel(), tagged)
+    unique = np.unique(first * (len(valid) + 1) + second)
     return unique // (len(valid) + 1), unique % (len(valid) + 1)
 
 
-def bucket_pairs(keys: np.ndarray, rows: np.ndarray, bands: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+_BAND_SHIFT = np.uint64(56)  # a band key's record: the band in the top 8 bits of its row number
+_ROW_MASK = np.uint64((1 << 56) - 1)
+
+
+@njit(cache=True)
+def bucket_pairs(keys: np.ndarray, tagged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (i < j) of rows that follow each other in a bucket (same band and key), rows ascending.
 
-    A bucket's pairs depend only on its own members, so buckets split into any partitions by key give
-    the same pairs as all of them at once: the disk-partitioned dedup relies on it.
+    `tagged` is each key's row with its band in the top 8 bits (`band << 56 | row`). A bucket's pairs
+    depend only on its own members, so buckets split into any partitions by key give the same pairs
+    as all of them at once: the disk-partitioned dedup relies on it.
+
+    Keys are spread by their top 16 bits (one counting pass), then each small group is sorted: equal
+    keys meet without sorting the whole array, which is the slow part at tens of millions of keys.
     """
-    order = np.lexsort((rows, keys, bands))
-    keys, rows, bands = keys[order], rows[order], bands[order]
-    same = (keys[1:] == keys[:-1]) & (bands[1:] == bands[:-1])
-    return rows[:-1][same].astype(np.int64), rows[1:][same].astype(np.int64)
+    count = keys.size
+    starts = np.zeros((1 << 16) + 1, np.int64)
+    for i in range(count):
+        starts[(keys[i] >> np.uint64(48)) + 1] += 1
+    for group in range(1 << 16):
+        starts[group + 1] += starts[group]
+    place = starts[:-1].copy()
+    spread_keys = np.empty(count, np.uint64)
+    spread_tagged = np.empty(count, np.uint64)
+    for i in range(count):
+        group = keys[i] >> np.uint64(48)
+        spread_keys[place[group]] = keys[i]
+        spread_tagged[place[group]] = tagged[i]
+        place[group] += 1
+    first = np.empty(16 + count // 16, np.int64)
+    second = np.empty(16 + count // 16, np.int64)
+    found = 0
+    for group in range(1 << 16):
+        low, high = starts[group], starts[group + 1]
+        if high - low < 2:
+            continue
+        order = np.argsort(spread_keys[low:high])
+        group_keys = spread_keys[low:high][order]
+        group_tagged = spread_tagged[low:high][order]
+        run = 0
+        for i in range(1, high - low + 1):
+            if i < high - low and group_keys[i] == group_keys[run]:
+                continue
+            if i - run > 1:
+                members = np.sort(group_tagged[run:i])
+                for j in range(members.size - 1):
+                    if members[j] >> _BAND_SHIFT == members[j + 1] >> _BAND_SHIFT:
+                        if found == first.size:
+                            first = np.concatenate((first, np.empty(first.size, np.int64)))
+                            second = np.concatenate((second, np.empty(second.size, np.int64)))
+                        first[found] = np.int64(members[j] & _ROW_MASK)
+                        second[found] = np.int64(members[j + 1] & _ROW_MASK)
+                        found += 1
+            run = i
+    return first[:found], second[:found]
 
 
-def partition_of(keys: np.ndarray, partitions: int) -> np.ndarray:
-    """The partition of each band key: its high bits (a key's low bits mix weakly), as int64."""
-    return ((keys >> np.uint64(32)) % np.uint64(partitions)).astype(np.int64)
+@njit(cache=True)
+def band_records(
+    signatures: np.ndarray, base: int, bands: int, rows: int, partitions: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every band key of every non-empty document as a record (key, band << 56 | base + row), the
+    records sorted by partition (a key's high bits modulo `partitions`), and the count per partition.
+    Keys are computed as `band_keys` does."""
+    count, num_perm = signatures.shape
+    valid = np.zeros(count, np.bool_)
+    for i in range(count):
+        for j in range(num_perm):
+            if signatures[i, j] != EMPTY:
+                valid[i] = True
+                break
+    total = int(valid.sum()) * bands
+    keys = np.empty(total, np.uint64)
+    tagged = np.empty(total, np.uint64)
+    owner = np.empty(total, np.int64)
+    counts = np.zeros(partitions, np.int64)
+    k = 0
+    for i in range(count):
+        if not valid[i]:
+            continue
+        for band in range(bands):
+            key = np.uint64(band)
+            for column in range(band * rows, (band + 1) * rows):
+                key = (key ^ np.uint64(signatures[i, column])) * _MIX
+                key ^= key >> np.uint64(29)
+            keys[k] = key
+            tagged[k] = (np.uint64(band) << _BAND_SHIFT) | np.uint64(base + i)
+            owner[k] = np.int64((key >> np.uint64(32)) % np.uint64(partitions))
+            counts[owner[k]] += 1
+            k += 1
+    place = np.zeros(partitions, np.int64)
+    for p in range(1, partitions):
+        place[p] = place[p - 1] + counts[p - 1]
+    records = np.empty((total, 2), np.uint64)
+    for k in range(total):
+        records[place[owner[k]], 0] = keys[k]
+        records[place[owner[k]], 1] = tagged[k]
+        place[owner[k]] += 1
+    return records, counts
 
 
 @njit(cache=True)

@@ -29,20 +29,12 @@ from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.executor import LocalExecutor
 from synthkiln.engine.output.directory import OutputDirectory
 from synthkiln.engine.stages.dedup import save_index
-from synthkiln.kernels.lsh import (
-    Clusters,
-    band_keys,
-    bucket_pairs,
-    keepers,
-    optimal_bands,
-    partition_of,
-    union_find,
-)
-from synthkiln.kernels.minhash import EMPTY, minhash_signatures, shingle_hashes
+from synthkiln.kernels.lsh import Clusters, band_records, bucket_pairs, keepers, optimal_bands, union_find
+from synthkiln.kernels.minhash import minhash_signatures, shingle_hashes
 from synthkiln.kernels.similarity import exact_jaccard_pairs, jaccard_pairs, shingle_sets
 
 FINE_PARTITIONS = 1024
-RECORD = np.dtype([("key", "<u8"), ("row", "<i8"), ("band", "u1")])  # one band key of one document
+RECORD_BYTES = 16  # one band key of one document: the key, and the row tagged with its band
 PAIRS_PER_STEP = 1 << 18  # candidate pairs confirmed at a time: bounds the signatures read back
 
 
@@ -218,15 +210,9 @@ def sign_chunk(spec: SignSpec, chunk: tuple[int, int, pa.Array]) -> np.ndarray:
         hashes, offsets = shingle_sets(*shingle_hashes(texts, ngram=spec.ngram))
         _save(work / f"shingles-{number}.npy", hashes)
         _save(work / f"shingle-offsets-{number}.npy", offsets)
-    ids = np.flatnonzero(~(signatures == EMPTY).all(axis=1))
-    keys = band_keys(signatures[ids], spec.bands, spec.rows)
-    records = np.empty(keys.size, RECORD)
-    records["key"] = keys.ravel()
-    records["row"] = np.tile(ids + base, spec.bands)
-    records["band"] = np.repeat(np.arange(spec.bands, dtype=np.uint8), len(ids))
-    partition = partition_of(records["key"], FINE_PARTITIONS)
-    _save(work / f"bands-{number}.npy", records[np.argsort(partition, kind="stable")])
-    return np.bincount(partition, minlength=FINE_PARTITIONS)
+    records, counts = band_records(signatures, base, spec.bands, spec.rows, FINE_PARTITIONS)
+    _save(work / f"bands-{number}.npy", records)
+    return counts
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -322,7 +308,7 @@ def _offsets(counts: list[np.ndarray]) -> np.ndarray:
 def _spans(offsets: np.ndarray, partition_mb: int) -> list[tuple[int, int]]:
     """Consecutive fine partitions grouped into ranges of at most `partition_mb` of band keys (a fine
     partition larger than that is a range of its own)."""
-    sizes = (offsets[:, 1:] - offsets[:, :-1]).sum(axis=0) * RECORD.itemsize
+    sizes = (offsets[:, 1:] - offsets[:, :-1]).sum(axis=0) * RECORD_BYTES
     budget = partition_mb << 20
     spans, start, held = [], 0, 0
     for partition, size in enumerate(sizes):
@@ -357,7 +343,7 @@ def group_partitions(spec: GroupSpec, span: tuple[int, int]) -> tuple[np.ndarray
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     records = np.concatenate(pieces)
     del pieces
-    first, second = bucket_pairs(records["key"], records["row"], records["band"])
+    first, second = bucket_pairs(np.ascontiguousarray(records[:, 0]), np.ascontiguousarray(records[:, 1]))
     del records
     total = int(spec.store.bases[-1]) + 1
     unique = np.unique(first * total + second)

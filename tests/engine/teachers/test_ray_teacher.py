@@ -75,7 +75,9 @@ def local_rows(recipe: dict, tmp_path_factory: pytest.TempPathFactory) -> list[t
     return rows
 
 
-def test_ray_run_writes_the_local_rows(recipe: dict, local_rows: list[tuple], tmp_path: Path, local_ray) -> None:
+def test_ray_run_writes_the_local_rows(
+    recipe: dict, local_rows: list[tuple], tmp_path: Path, local_ray
+) -> None:
     with Pipeline.from_recipe({**recipe, "executor": "ray"}) as pipeline:
         manifest = pipeline.run(tmp_path / "out", progress=False)
     assert rows_of(tmp_path / "out") == local_rows
