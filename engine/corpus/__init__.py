@@ -213,6 +213,9 @@ def check_fields(sources: list[Source], fields: dict[str, str]) -> None:
             raise SynthkilnError(f"{source.path}: no field {named}; fields: {', '.join(names)}")
 
 
+SHARD_BYTES = 256 << 20  # rows held before a shard is written: memory stays bounded on a big input
+
+
 class CorpusCommand(ABC):
     """One corpus command: what it reads, how it splits rows, what its manifest records."""
 
@@ -300,8 +303,9 @@ def _write_shards(
     executor: LocalExecutor,
     progress: bool,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Each input's kept and rejected rows as one shard each, in input order; the command's judge (if
-    any) runs on the executor, ahead of the batches being split here."""
+    """Each input's kept and rejected rows as shards (one per input, or pieces of `SHARD_BYTES` for a big
+    one), numbered in input order; the command's judge (if any) runs on the executor, ahead of the batches being
+    split here."""
     shards: dict[str, list[dict[str, Any]]] = {"data": [], "rejected": []}
     name = command.output_format.split("-", 1)[1].split("/")[0]
     judge = command.judge()
@@ -316,42 +320,43 @@ def _write_shards(
     else:
         read = sorted({f.split(".", 1)[0] for f in command.fields()})
         results = executor.map(fn, shared, batches, payload=lambda item: compact(item[2], read))
-    kept: list[pa.RecordBatch] = []
-    rejected: list[pa.RecordBatch] = []
+    held: dict[str, list[pa.RecordBatch]] = {"data": [], "rejected": []}
 
-    def flush(number: int) -> None:
-        for folder, held in (("data", kept), ("rejected", rejected)):
-            if sum(len(b) for b in held):
-                # batches built from Python rows may type an all-null column differently
-                table = pa.concat_tables(
-                    [pa.Table.from_batches([b]) for b in held], promote_options="permissive"
-                )
-                shards[folder].append(
-                    directory.write_shard(table, f"{folder}/part-r{run}-{number:05d}.parquet")
-                )
-            held.clear()
+    def flush(folder: str) -> None:
+        batches = held[folder]
+        if sum(len(b) for b in batches):
+            # batches built from Python rows may type an all-null column differently
+            table = pa.concat_tables(
+                [pa.Table.from_batches([b]) for b in batches], promote_options="permissive"
+            )
+            number = len(shards[folder])  # in writing order, which the names sort in
+            shards[folder].append(directory.write_shard(table, f"{folder}/part-r{run}-{number:05d}.parquet"))
+        batches.clear()
 
     current = None
     with tqdm(desc=name, unit="row", disable=not progress) as bar:
         for (number, source, batch), judged in results:
             if number != current and current is not None:
-                flush(current)
+                flush("data")
+                flush("rejected")
             current = number
             keep, drop = command.split(batch, source, judged)
-            if len(keep):
-                kept.append(keep)
+            if len(drop) and ("reason" not in drop.schema.names or "detail" not in drop.schema.names):
+                raise AssertionError(f"{name}: rejected rows need `reason` and `detail`")
+            for folder, rows in (("data", keep), ("rejected", drop)):
+                if len(rows):
+                    held[folder].append(rows)
+                if sum(b.nbytes for b in held[folder]) >= SHARD_BYTES:  # a big input: several shards
+                    flush(folder)
             if len(drop):
-                if "reason" not in drop.schema.names or "detail" not in drop.schema.names:
-                    raise AssertionError(f"{name}: rejected rows need `reason` and `detail`")
-                rejected.append(drop)
                 for entry in pc.value_counts(drop.column("reason")).to_pylist():
                     reason = entry["values"]
                     command.reasons[reason] = command.reasons.get(reason, 0) + entry["counts"]
             command.rows += len(batch)
             command.kept += len(keep)
             bar.update(len(batch))
-        if current is not None:
-            flush(current)
+        flush("data")
+        flush("rejected")
     return shards
 
 

@@ -90,3 +90,23 @@ def test_scratch_directory_is_removed(corpus, tmp_path: Path) -> None:
     path, _ = corpus
     run_corpus_command(Dedup("text", 0.7), [path], tmp_path / "out", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_big_input_is_written_in_several_shards(corpus, tmp_path: Path, monkeypatch) -> None:
+    """Rows are not all held for one shard: past SHARD_BYTES a piece is written (same rows, same order)."""
+    import synthkiln.engine.corpus as corpus_module
+
+    path, _ = corpus
+    whole = run_corpus_command(Dedup("text", 0.7), [path], tmp_path / "whole", progress=False)
+    monkeypatch.setattr(corpus_module, "SHARD_BYTES", 256 << 10)
+    command = Dedup("text", 0.7)
+    command.batch_rows = 500
+    pieces = run_corpus_command(command, [path], tmp_path / "pieces", progress=False)
+    assert len(whole["shards"]["data"]) == 1 and len(pieces["shards"]["data"]) >= 4
+    assert [s["path"] for s in pieces["shards"]["data"]][:2] == [
+        "data/part-r1-00000.parquet",
+        "data/part-r1-00001.parquet",
+    ]
+    assert pq.read_table(tmp_path / "pieces" / "data").column("text").to_pylist() == (
+        pq.read_table(tmp_path / "whole" / "data").column("text").to_pylist()
+    )
