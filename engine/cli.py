@@ -171,6 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     diversity.add_argument("--sample-size", type=int, default=2000, help="rows embedded (default 2000)")
     diversity.add_argument("--no-embeddings", action="store_true", help="lexical metrics only (no MiniLM)")
     diversity.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    _add_executor(diversity)
     diversity.set_defaults(handler=_diversity)
 
     report = commands.add_parser("report", help="write DIR/report.html: one self-contained page of plots")
@@ -212,6 +213,7 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-synthetic-majority", action="store_true", help="allow a share above --max-synthetic-share"
     )
     mixer.add_argument("--fresh", action="store_true", help="replace an earlier mix in --out")
+    _add_executor(mixer)
     mixer.set_defaults(handler=_mix)
 
     models = commands.add_parser("models", help="manage embedded models")
@@ -464,6 +466,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _mix(args: argparse.Namespace) -> int:
     from synthkiln.engine.corpus.mix import Fields, mix, read_side, write_mix
+    from synthkiln.engine.executor import open_executor
     from synthkiln.engine.output.card import render_mix_card
 
     if not 0 <= args.ratio <= 1:
@@ -479,14 +482,16 @@ def _mix(args: argparse.Namespace) -> int:
     )
     sides = {side: read_side(side, [Path(p) for p in paths], fields)
              for side, paths in (("synthetic", args.synthetic), ("human", args.human))}  # fmt: skip
-    tokenizer = None
-    if args.by == "tokens":
-        from transformers import AutoTokenizer
-
-        from synthkiln.engine.models import resolve_model
-
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.tokenizer))
-    rows, account = mix(sides["synthetic"], sides["human"], args.ratio, args.seed, args.by, tokenizer)
+    with open_executor(args.executor or "local", args.ray_address) as executor:
+        rows, account = mix(
+            sides["synthetic"],
+            sides["human"],
+            args.ratio,
+            args.seed,
+            args.by,
+            args.tokenizer,
+            executor=executor,
+        )
     synthetic = sum(row["source"] == "synthetic" for row in rows)
     unit = "tokens" if args.by == "tokens" else "rows"
     amounts = (
@@ -535,15 +540,17 @@ def _diversity(args: argparse.Namespace) -> int:
     from synthkiln.engine.config import DiversityConfig
     from synthkiln.engine.corpus import check_fields, iter_sources
     from synthkiln.engine.diversity import DiversityTracker
+    from synthkiln.engine.executor import open_executor
 
     sources = iter_sources([Path(p) for p in args.inputs], args.text_field)
     check_fields(sources, {args.text_field: "--text-field"})
     config = DiversityConfig(sample_size=args.sample_size, embeddings=not args.no_embeddings)
-    tracker = DiversityTracker(config, args.text_field)
-    for source in sources:
-        for batch in source.batches():
-            tracker.update(pa.Table.from_batches([batch]))
-    figures = tracker.summary()
+    with open_executor(args.executor or "local", args.ray_address) as executor:
+        tracker = DiversityTracker(config, args.text_field, executor)
+        for source in sources:
+            for batch in source.batches():
+                tracker.update(pa.Table.from_batches([batch]))
+        figures = tracker.summary()
     if args.json:
         print(json.dumps(figures, indent=2))
         return 0

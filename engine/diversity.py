@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from synthkiln.engine.config import ConcentrationConfig, DiversityConfig
 from synthkiln.engine.errors import SynthkilnError
+from synthkiln.engine.executor import LocalExecutor
 from synthkiln.kernels.diversity import LexicalStats, structure_counts
 from synthkiln.kernels.embedding_diversity import (
     DEFAULT_CLUSTERS,
@@ -42,8 +43,14 @@ class DiversityTracker:
     """Diversity of the rows passed to `update`, shard by shard; `summary` gives the cumulative figures
     and the concentration flags. A resumed run replays its committed rows through `restore`."""
 
-    def __init__(self, config: DiversityConfig | None = None, text_field: str = "response") -> None:
+    def __init__(
+        self,
+        config: DiversityConfig | None = None,
+        text_field: str = "response",
+        executor: LocalExecutor | None = None,
+    ) -> None:
         self.config = config or DiversityConfig()
+        self.executor = executor or LocalExecutor()  # where the sample is embedded
         self.embeddings = embeddings_on(self.config)
         self.text_field = text_field
         self.lexical = LexicalStats()
@@ -151,12 +158,13 @@ class DiversityTracker:
 
     def _sample_vectors(self) -> np.ndarray:
         """MiniLM vectors of the reservoir's rows, embedding only those not embedded at an earlier call."""
-        from synthkiln.engine.embeddings import embed  # loads MiniLM: only when asked
-
         positions = self.reservoir.indices.tolist()
         new = [slot for slot, position in enumerate(positions) if position not in self._vectors]
-        if new:
-            for slot, vector in zip(new, embed([self.reservoir.items[s] for s in new]), strict=True):
+        chunks = [new[start : start + EMBED_CHUNK] for start in range(0, len(new), EMBED_CHUNK)]
+        for slots, vectors in self.executor.map(
+            embed_texts, None, chunks, payload=lambda slots: [self.reservoir.items[s] for s in slots]
+        ):
+            for slot, vector in zip(slots, vectors, strict=True):
                 self._vectors[positions[slot]] = vector
         self._vectors = {position: self._vectors[position] for position in positions}  # drop replaced rows
         return np.stack([self._vectors[position] for position in positions])
@@ -191,6 +199,16 @@ class DiversityTracker:
             if share > getattr(limits, name):
                 flags.append(_flag(name, share, getattr(limits, name), [value]))
         return flags
+
+
+EMBED_CHUNK = 512  # sample rows embedded per call (per Ray task)
+
+
+def embed_texts(_: None, texts: list[str]) -> np.ndarray:
+    """MiniLM vectors of `texts`, with this process's model (a Ray worker loads its own once)."""
+    from synthkiln.engine.embeddings import embed  # loads MiniLM: only when asked
+
+    return embed(texts)
 
 
 def embeddings_on(config: DiversityConfig) -> bool:

@@ -63,7 +63,7 @@ def candidate_pairs(keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np
     """Index pairs (i < j) sharing a bucket in some band: neighbours in each bucket's sorted run."""
     ids = np.flatnonzero(valid).astype(np.uint64)
     tagged = np.concatenate([(np.uint64(band) << _BAND_SHIFT) | ids for band in range(len(keys))])
-    first, second = bucket_pairs(keys[:, valid].ravel(), tagged)
+    first, second = bucket_pairs(np.stack([keys[:, valid].ravel(), tagged], axis=1))
     unique = np.unique(first * (len(valid) + 1) + second)
     return unique // (len(valid) + 1), unique % (len(valid) + 1)
 
@@ -73,29 +73,30 @@ _ROW_MASK = np.uint64((1 << 56) - 1)
 
 
 @njit(cache=True)
-def bucket_pairs(keys: np.ndarray, tagged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def bucket_pairs(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (i < j) of rows that follow each other in a bucket (same band and key), rows ascending.
 
-    `tagged` is each key's row with its band in the top 8 bits (`band << 56 | row`). A bucket's pairs
+    `records` holds a band key and its row with the band in the top 8 bits (`band << 56 | row`) per
+    line, as `band_records` makes them. A bucket's pairs
     depend only on its own members, so buckets split into any partitions by key give the same pairs
     as all of them at once: the disk-partitioned dedup relies on it.
 
     Keys are spread by their top 16 bits (one counting pass), then each small group is sorted: equal
     keys meet without sorting the whole array, which is the slow part at tens of millions of keys.
     """
-    count = keys.size
+    count = records.shape[0]
     starts = np.zeros((1 << 16) + 1, np.int64)
     for i in range(count):
-        starts[(keys[i] >> np.uint64(48)) + 1] += 1
+        starts[(records[i, 0] >> np.uint64(48)) + 1] += 1
     for group in range(1 << 16):
         starts[group + 1] += starts[group]
     place = starts[:-1].copy()
     spread_keys = np.empty(count, np.uint64)
     spread_tagged = np.empty(count, np.uint64)
     for i in range(count):
-        group = keys[i] >> np.uint64(48)
-        spread_keys[place[group]] = keys[i]
-        spread_tagged[place[group]] = tagged[i]
+        group = records[i, 0] >> np.uint64(48)
+        spread_keys[place[group]] = records[i, 0]
+        spread_tagged[place[group]] = records[i, 1]
         place[group] += 1
     first = np.empty(16 + count // 16, np.int64)
     second = np.empty(16 + count // 16, np.int64)

@@ -153,7 +153,7 @@ class Dedup(CorpusCommand):
         self.index_name = f"index-r{run}.npz"
         save_index(
             directory.path / self.index_name,
-            self.store.gather_to_file(kept, "kept-signatures.npy"),
+            self.store.signatures_in_pieces(kept),
             [s.path.name for s in self.sources],
             np.stack([owners, kept - self.starts[owners]], axis=1),
             self.num_perm,
@@ -286,15 +286,10 @@ class ChunkStore:
             hashes[targets] = values
         return hashes, offsets
 
-    def gather_to_file(self, rows: np.ndarray, name: str) -> np.ndarray:
-        """Signatures of `rows` (sorted) in a memory-mapped file: the index is written from it."""
-        num_perm = (
-            np.load(Path(self.work) / "sig-0.npy", mmap_mode="r").shape[1] if len(self.bases) > 1 else 0
-        )
-        out = np.lib.format.open_memmap(Path(self.work) / name, "w+", np.uint32, (len(rows), num_perm))
+    def signatures_in_pieces(self, rows: np.ndarray) -> Iterator[np.ndarray]:
+        """Signatures of `rows` (sorted), a bounded number at a time."""
         for start in range(0, len(rows), PAIRS_PER_STEP):
-            out[start : start + PAIRS_PER_STEP] = self._signatures(rows[start : start + PAIRS_PER_STEP])
-        return out
+            yield self._signatures(rows[start : start + PAIRS_PER_STEP])
 
 
 def _offsets(counts: list[np.ndarray]) -> np.ndarray:
@@ -332,18 +327,15 @@ def group_partitions(spec: GroupSpec, span: tuple[int, int]) -> tuple[np.ndarray
     """The confirmed near-duplicate pairs among the buckets of fine partitions [span): band keys read
     from every chunk, bucket neighbours paired, pairs kept whose similarity reaches the threshold."""
     low, high = span
-    pieces = []
-    for chunk in range(len(spec.offsets)):
-        start, stop = spec.offsets[chunk, low], spec.offsets[chunk, high]
-        if stop > start:
-            stored = np.load(Path(spec.store.work) / f"bands-{chunk}.npy", mmap_mode="r")
-            pieces.append(np.array(stored[start:stop]))
-            del stored
-    if not pieces:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    records = np.concatenate(pieces)
-    del pieces
-    first, second = bucket_pairs(np.ascontiguousarray(records[:, 0]), np.ascontiguousarray(records[:, 1]))
+    sizes = spec.offsets[:, high] - spec.offsets[:, low]
+    records = np.empty((int(sizes.sum()), 2), np.uint64)  # the span's band keys, read straight in
+    filled = 0
+    for chunk in np.flatnonzero(sizes):
+        stored = np.load(Path(spec.store.work) / f"bands-{chunk}.npy", mmap_mode="r")
+        records[filled : filled + sizes[chunk]] = stored[spec.offsets[chunk, low] : spec.offsets[chunk, high]]
+        filled += sizes[chunk]
+        del stored
+    first, second = bucket_pairs(records)
     del records
     total = int(spec.store.bases[-1]) + 1
     unique = np.unique(first * total + second)

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from synthkiln.engine.corpus import Source, iter_sources
 from synthkiln.engine.errors import SynthkilnError
+from synthkiln.engine.executor import LocalExecutor
 from synthkiln.engine.output.directory import OutputDirectory
 from synthkiln.engine.output.report import write_report_or_warn
 
@@ -159,17 +160,32 @@ def _row(
     }
 
 
-def count_tokens(rows: list[dict[str, Any]], tokenizer: Any) -> np.ndarray:
-    """Tokens per row: its text, or its messages' contents, as the tokenizer cuts them."""
+def count_tokens(
+    rows: list[dict[str, Any]], tokenizer: str, executor: LocalExecutor | None = None
+) -> np.ndarray:
+    """Tokens per row: its text, or its messages' contents, as `tokenizer` (a model name, as in
+    `--tokenizer`) cuts them; chunks of rows counted on the executor's workers."""
     texts = [
         row["text"] if row["text"] is not None else "\n".join(m["content"] for m in row["messages"])
         for row in rows
     ]
-    counts = np.zeros(len(texts), np.int64)
-    for start in range(0, len(texts), 1024):
-        encoded = tokenizer(texts[start : start + 1024], add_special_tokens=False)["input_ids"]
-        counts[start : start + len(encoded)] = [len(ids) for ids in encoded]
-    return counts
+    chunks = [texts[start : start + 4096] for start in range(0, len(texts), 4096)]
+    counted = [counts for _, counts in (executor or LocalExecutor()).map(count_texts, tokenizer, chunks)]
+    return np.concatenate(counted) if counted else np.zeros(0, np.int64)
+
+
+_TOKENIZERS: dict[str, Any] = {}  # loaded once per process (a Ray worker's too)
+
+
+def count_texts(tokenizer: str, texts: list[str]) -> np.ndarray:
+    if tokenizer not in _TOKENIZERS:
+        from transformers import AutoTokenizer
+
+        from synthkiln.engine.models import resolve_model
+
+        _TOKENIZERS[tokenizer] = AutoTokenizer.from_pretrained(resolve_model(tokenizer))
+    encoded = _TOKENIZERS[tokenizer](texts, add_special_tokens=False)["input_ids"]
+    return np.array([len(ids) for ids in encoded], np.int64)
 
 
 def synthetic_count(ratio: float, total: int) -> int:
@@ -216,8 +232,9 @@ def mix(
     ratio: float,
     seed: int,
     by: str = "examples",
-    tokenizer: Any = None,
+    tokenizer: str | None = None,
     size: int | None = None,
+    executor: LocalExecutor | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The mixed rows in their final order (at most `size`, by examples), and the account of what was
     taken and left out."""
@@ -230,7 +247,8 @@ def mix(
     for category in sorted(groups, key=lambda c: (c is None, c or "")):
         sides = [_shuffled(rows, seed, name) for rows, name in zip(groups[category], SIDES, strict=True)]
         if by == "tokens":
-            counts = [count_tokens(rows, tokenizer) for rows in sides]
+            assert tokenizer is not None, "mixing by tokens needs a tokenizer"
+            counts = [count_tokens(rows, tokenizer, executor) for rows in sides]
             for rows, tokens in zip(sides, counts, strict=True):
                 for row, count in zip(rows, tokens.tolist(), strict=True):
                     row["tokens"] = count

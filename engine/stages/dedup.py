@@ -7,6 +7,8 @@ signature agreement and clusters (:mod:`synthkiln.kernels.lsh`).
 
 from __future__ import annotations
 
+import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -121,20 +123,40 @@ def _corpus_index(path: Path) -> Path | None:
 
 
 def save_index(
-    path: Path, signatures: np.ndarray, files: list[str], rows: np.ndarray, num_perm: int, ngram: int
+    path: Path,
+    signatures: Iterable[np.ndarray],
+    files: list[str],
+    rows: np.ndarray,
+    num_perm: int,
+    ngram: int,
 ) -> None:
-    """Signatures of kept documents and where they came from (`files[rows[i, 0]]`, row `rows[i, 1]`),
-    reusable as `dedup.against` without re-hashing the corpus."""
-    with atomic_path(path) as temporary, open(temporary, "wb") as handle:  # a file: savez adds no suffix
-        np.savez(
-            handle,
-            signatures=signatures,
-            files=np.array(files, dtype=str),
-            rows=rows,
-            num_perm=num_perm,
-            ngram=ngram,
-            scheme=SCHEME,
-        )
+    """Signatures of kept documents (given in pieces, streamed to disk: a corpus's index can be larger
+    than memory) and where they came from (`files[rows[i, 0]]`, row `rows[i, 1]`), reusable as
+    `dedup.against` without re-hashing the corpus. The file is what `np.savez` writes."""
+    small = {
+        "files": np.array(files, dtype=str),
+        "rows": rows,
+        "num_perm": np.array(num_perm),
+        "ngram": np.array(ngram),
+        "scheme": np.array(SCHEME),
+    }
+    with atomic_path(path) as temporary, zipfile.ZipFile(temporary, "w", allowZip64=True) as archive:
+        with archive.open("signatures.npy", "w", force_zip64=True) as entry:
+            header = {
+                "descr": np.dtype(np.uint32).str,
+                "fortran_order": False,
+                "shape": (len(rows), num_perm),
+            }
+            np.lib.format.write_array_header_2_0(entry, header)
+            written = 0
+            for piece in signatures:
+                entry.write(np.ascontiguousarray(piece, dtype=np.uint32).tobytes())
+                written += len(piece)
+            if written != len(rows):
+                raise AssertionError(f"index of {len(rows)} rows got {written} signatures")
+        for name, array in small.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as entry:
+                np.lib.format.write_array(entry, array, allow_pickle=False)
 
 
 def load_index(path: Path, num_perm: int, ngram: int) -> tuple[np.ndarray, list[str]]:

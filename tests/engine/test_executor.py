@@ -131,3 +131,40 @@ def test_decontaminate_on_ray_removes_exactly_the_local_rows(
     assert ray_kept == kept and ray_removed == removed
     assert ray_manifest["decontaminated_against"] == manifest["decontaminated_against"]
     assert ray_manifest["executor"]["executor"] == "ray"
+
+
+def test_mix_by_tokens_on_ray_gives_the_local_mix(corpus, tmp_path: Path, ray_args) -> None:
+    """Rows' tokens are counted by Ray tasks (each loads the tokenizer once): the same mix."""
+    (synthetic, _, human), _ = corpus
+    options = ["--synthetic", str(synthetic), "--human", str(human), "--ratio", "0.3", "--by", "tokens"]
+    synthkiln("mix", *options, "--out", str(tmp_path / "local"))
+    synthkiln("mix", *options, "--out", str(tmp_path / "ray"), *ray_args)
+    local = pq.read_table(tmp_path / "local" / "data").to_pylist()
+    assert len(local) > 1000 and all(row["tokens"] > 0 for row in local)
+    assert pq.read_table(tmp_path / "ray" / "data").to_pylist() == local
+    manifest = json.loads((tmp_path / "local" / "manifest.json").read_text())
+    assert json.loads((tmp_path / "ray" / "manifest.json").read_text())["amounts"] == manifest["amounts"]
+
+
+def flat(figures: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(figures, dict):
+        return {k: v for key, value in figures.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+    if isinstance(figures, list):
+        return {k: v for i, value in enumerate(figures) for k, v in flat(value, f"{prefix}{i}.").items()}
+    return {prefix: figures}
+
+
+def test_diversity_on_ray_gives_the_local_figures(corpus, tmp_path: Path, ray_args) -> None:
+    """The sample is embedded by Ray tasks: lexical figures equal, embedding ones to float noise."""
+    (paths, _) = corpus
+    options = ["diversity", str(paths[0]), "--text-field", "text", "--sample-size", "600", "--json"]
+    local = flat(json.loads(synthkiln(*options).stdout))
+    on_ray = flat(json.loads(synthkiln(*options, *ray_args).stdout))
+    assert on_ray.keys() == local.keys()
+    embedding = [k for k in local if "cluster" in k or "embedding" in k or "distance" in k]
+    assert embedding  # the MiniLM figures are there to compare
+    for key, value in local.items():
+        if isinstance(value, float):
+            assert on_ray[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key
+        else:
+            assert on_ray[key] == value, key
