@@ -267,6 +267,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.ray_address:
         overrides.append(f"ray.address={args.ray_address}")
     with Pipeline.from_recipe(args.recipe, overrides) as pipeline:
+        if args.ray_address and pipeline.recipe.executor != "ray":
+            raise SynthkilnError('--ray-address needs --executor ray (or executor = "ray" in the recipe)')
         out = Path(args.out) if args.out else pipeline.recipe.output_dir
         manifest = pipeline.run(
             out,

@@ -66,7 +66,7 @@ class RayExecutor(LocalExecutor):
         except ImportError:
             raise SynthkilnError("--executor ray needs Ray: pip install 'synthkiln[ray]'") from None
         self._ray = ray
-        self._started_here = False
+        self._connected_here = False  # disconnect at close what this object connected (never a stop)
         if not ray.is_initialized():
             address = address or os.environ.get("RAY_ADDRESS")
             try:
@@ -74,9 +74,9 @@ class RayExecutor(LocalExecutor):
                     ray.init(address=address, log_to_driver=False)
                 else:
                     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-                    self._started_here = True
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise SynthkilnError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
+            self._connected_here = True
         self.address = address
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._remotes: dict[Callable[..., Any], Any] = {}
@@ -94,30 +94,43 @@ class RayExecutor(LocalExecutor):
             remote = self._remotes[fn] = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(fn)
         shared_ref = ray.put(shared)
         pending: deque[tuple[Item, Any]] = deque()
-        for item in items:
-            pending.append((item, remote.remote(shared_ref, payload(item))))
-            if len(pending) >= 2 * self.workers:
-                yield self._next(pending)
-        while pending:
-            yield self._next(pending)
+        try:
+            for item in items:
+                pending.append((item, remote.remote(shared_ref, payload(item))))
+                if len(pending) >= 2 * self.workers:
+                    yield self._next(pending, fn)
+            while pending:
+                yield self._next(pending, fn)
+        finally:  # an error (or a consumer that stops): no task goes on writing behind our back
+            for _, ref in pending:
+                ray.cancel(ref, force=True)
 
-    def _next(self, pending: deque[tuple[Item, Any]]) -> tuple[Item, Any]:
+    def _next(self, pending: deque[tuple[Item, Any]], fn: Callable[..., Any]) -> tuple[Item, Any]:
         item, ref = pending.popleft()
         try:
             return item, self._ray.get(ref)
-        except self._ray.exceptions.RayTaskError as exc:
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, SynthkilnError):  # bad input found by a task: the same clear error
-                raise SynthkilnError(str(cause)) from None
-            raise
+        except self._ray.exceptions.RayError as exc:
+            raise SynthkilnError(task_failure(fn.__name__, exc)) from None
 
     def describe(self) -> dict[str, Any]:
         nodes = [n for n in self._ray.nodes() if n.get("Alive")]
         return {"executor": "ray", "workers": self.workers, "nodes": len(nodes)}
 
     def close(self) -> None:
-        if self._started_here:
-            self._ray.shutdown()
+        if self._connected_here:
+            self._ray.shutdown()  # disconnects; stops only a local Ray started by `init` here
+
+
+def task_failure(name: str, exc: Exception) -> str:
+    """What a user reads when a Ray task fails: a bad input as it is, else the cause and what to check."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, SynthkilnError):
+        return str(cause)
+    reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc).splitlines()[0]
+    return (
+        f"a Ray task ({name}) failed after Ray's retries: {reason}. Files it reads and writes sit beside "
+        "the output: every node must see that path (a shared filesystem); nothing was committed"
+    )
 
 
 def open_executor(kind: str = "local", address: str | None = None) -> LocalExecutor:

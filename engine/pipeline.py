@@ -241,6 +241,8 @@ class Pipeline:
         self._teachers = teachers
         self._owns_teachers = teachers is None  # teachers passed in are the caller's to close
         self._executor: LocalExecutor | None = None
+        if recipe.executor == "ray":  # teachers and the verify stage's pool run on the cluster
+            self._connect()
         self._drivers: list[TeacherDriver] | None = None
         if recipe.diversity.enabled:
             from synthkiln.engine.diversity import prepare  # numba: see `run`
@@ -268,7 +270,6 @@ class Pipeline:
             if self.recipe.executor == "ray":
                 from synthkiln.engine.teachers.ray_teacher import build_ray_teachers
 
-                self._connect()
                 self._teachers = build_ray_teachers(self.recipe.teachers, self.recipe.ray.actors_per_teacher)
             else:
                 self._teachers = build_teachers(self.recipe.teachers)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,7 +218,7 @@ def sign_chunk(spec: SignSpec, chunk: tuple[int, int, pa.Array]) -> np.ndarray:
 
 def _save(path: Path, array: np.ndarray) -> None:
     """Whole or not at all: a retried task rewrites the same name."""
-    partial = path.with_name(path.name + f".{os.getpid()}.partial")
+    partial = path.with_name(path.name + f".{uuid.uuid4().hex}.partial")  # two nodes may share a pid
     with open(partial, "wb") as handle:
         np.save(handle, array)
     os.replace(partial, path)

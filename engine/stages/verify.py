@@ -177,7 +177,10 @@ def check_on_node(config: VerifyConfig, verifier: Verifier, rows: list[dict[str,
     key = config.model_dump_json()
     if key not in _NODE_POOLS:
         limits = Limits(wall_seconds=config.wall_seconds, memory_bytes=config.memory_mb << 20)
-        _NODE_POOLS[key] = VerifierPool(1, config.sandbox, limits)
+        try:
+            _NODE_POOLS[key] = VerifierPool(1, config.sandbox, limits)
+        except SandboxUnavailable as exc:  # this node lacks what the driver's node has
+            raise SynthkilnError(f"a Ray worker node cannot sandbox: {exc}") from None
     return _NODE_POOLS[key].check_batch(verifier, rows)
 
 

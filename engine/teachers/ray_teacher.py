@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from synthkiln.engine.config import SamplingConfig, TeacherConfig
@@ -23,6 +24,7 @@ from synthkiln.engine.errors import TeacherError
 from synthkiln.engine.teachers import Finished, GenerationRequest, Teacher
 
 _POLL_S = 0.05  # a poll waits this long for a call to finish, about one engine step
+_START_S = 900  # an engine actor that is not up by then (no room on the cluster, a model that hangs)
 ACTOR_RESTARTS = 3  # Ray restarts a dead engine actor this often, retrying its calls each time
 
 
@@ -35,6 +37,7 @@ class TeacherActor:
 
         self.teacher = build_teacher(config)
         self.driver = TeacherDriver(self.teacher)
+        self._aborts = 0  # calls that began before the latest abort return at once
 
     def info(self) -> dict[str, Any]:
         teacher = self.teacher
@@ -53,13 +56,21 @@ class TeacherActor:
     def complete(self, request: GenerationRequest, sampling: SamplingConfig) -> Finished:
         from synthkiln.engine.generation import Job
 
+        aborts = self._aborts
         future: Future[Finished] = Future()
         self.driver.put(Job(request, sampling, future.set_result))
         while True:
             try:
-                return future.result(timeout=1.0)
-            except TimeoutError:
+                return future.result(timeout=0.2)
+            except FutureTimeout:
                 self.driver.check()  # the engine's failure, raised to the caller
+                if self._aborts != aborts:
+                    return Finished(request.key, [], refused="aborted")
+
+    def abort(self) -> None:
+        """Drop the requests in flight: the engine stops generating what nobody waits for."""
+        self._aborts += 1
+        self.driver.cancel()
 
 
 class RayTeacher(Teacher):
@@ -71,20 +82,30 @@ class RayTeacher(Teacher):
         super().__init__(config.label, config.model)
         self._ray = ray
         self.backend = config.backend
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus_per_actor * actors > gpus:
+            raise TeacherError(
+                f"teacher '{config.label}': {actors} actor(s) of {gpus_per_actor:g} GPU(s) need "
+                f"{gpus_per_actor * actors:g} GPUs; the Ray cluster has {gpus:g}"
+            )
         single = config.model_copy(update={"replicas": 1}) if hasattr(config, "replicas") else config
+        # Ray pins a 1-CPU actor to one thread (OMP_NUM_THREADS=1); a model on CPU wants the node's cores.
+        threads = {} if gpus_per_actor else {"env_vars": {"OMP_NUM_THREADS": str(os.cpu_count() or 1)}}
         actor_class = ray.remote(TeacherActor).options(
             num_cpus=1,
             num_gpus=gpus_per_actor,
             max_restarts=ACTOR_RESTARTS,
             max_task_retries=ACTOR_RESTARTS,
             max_concurrency=1024,
+            runtime_env=threads,
         )
         self._actors = [actor_class.remote(single) for _ in range(actors)]
         try:
-            infos = ray.get([actor.info.remote() for actor in self._actors])
-        except ray.exceptions.RayError as exc:
+            infos = ray.get([actor.info.remote() for actor in self._actors], timeout=_START_S)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
             self.close()
-            raise TeacherError(f"teacher '{config.label}': its Ray actors did not start: {exc}") from None
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise TeacherError(f"teacher '{config.label}': its Ray actors did not start: {reason}") from None
         first = infos[0]
         self._describe = {**first["describe"], "executor": "ray", "actors": actors}
         self.context_length = first["context_length"]
@@ -125,19 +146,21 @@ class RayTeacher(Teacher):
             self._load[actor] -= 1
             try:
                 finished.append(ray.get(call))
-            except ray.exceptions.RayTaskError as exc:
-                cause = getattr(exc, "cause", None)
-                raise TeacherError(f"teacher '{self.name}': {cause or exc}") from None
-            except ray.exceptions.RayActorError as exc:
+            except ray.exceptions.RayTaskError as exc:  # the engine's own failure, as the actor saw it
+                raise TeacherError(f"teacher '{self.name}': {getattr(exc, 'cause', None) or exc}") from None
+            except ray.exceptions.RayError as exc:  # the actor died past its restarts, lost objects...
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise TeacherError(
-                    f"teacher '{self.name}': its Ray actor died {ACTOR_RESTARTS + 1} times ({exc}); the run "
-                    "stops here (everything committed is kept: run the same command again to resume)"
+                    f"teacher '{self.name}': its Ray actor failed ({reason}); the run stops here "
+                    "(everything committed is kept: run the same command again to resume)"
                 ) from None
         return finished
 
     def abort(self) -> None:
-        for call in self._pending:
-            self._ray.cancel(call)
+        """Drop the calls in flight: each actor's engine drops its requests, the calls return (their
+        results unread) and the load counts go back to zero."""
+        self._ray.get([actor.abort.remote() for actor in self._actors])
+        self._ray.wait(list(self._pending), num_returns=len(self._pending), timeout=60)
         self._pending.clear()
         self._load = [0] * len(self._actors)
 

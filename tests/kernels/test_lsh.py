@@ -1,13 +1,23 @@
 from __future__ import annotations
 
+import itertools
 import json
 import random
 
 import numpy as np
 import pytest
 
-from synthkiln.kernels.lsh import StreamingIndex, band_keys, cluster_duplicates, optimal_bands, union_find
-from synthkiln.kernels.minhash import minhash_signatures
+from synthkiln.kernels.lsh import (
+    StreamingIndex,
+    band_keys,
+    band_records,
+    bucket_pairs,
+    candidate_pairs,
+    cluster_duplicates,
+    optimal_bands,
+    union_find,
+)
+from synthkiln.kernels.minhash import EMPTY, minhash_signatures
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +185,40 @@ def test_streaming_in_steps_keeps_what_batch_clustering_keeps(gsm8k_dir) -> None
     dropped = np.flatnonzero(~streamed_keep)
     assert np.array_equal(accepted_rows[duplicate_of[dropped]], batch.duplicate_of[dropped])
     assert np.array_equal(truth[batch.duplicate_of[dropped]], truth[dropped])
+
+
+def test_bucket_pairs_are_neighbours_in_each_bucket(corpus) -> None:
+    """Against buckets built with Python dicts: per band, rows sharing a key, in row order, each paired
+    with the next; the partitioned records of `band_records` hold every band key once."""
+    texts, _ = corpus
+    signatures = minhash_signatures(texts)
+    signatures[5] = EMPTY  # an empty document is in no bucket
+    bands, rows = optimal_bands(0.8, 128)
+    keys = band_keys(signatures, bands, rows)
+    expected = set()
+    for band in range(bands):
+        buckets: dict[int, list[int]] = {}
+        for row in range(len(texts)):
+            if row != 5:
+                buckets.setdefault(int(keys[band, row]), []).append(row)
+        expected |= {(a, b) for members in buckets.values() for a, b in itertools.pairwise(members)}
+    assert len(expected) > 100  # the planted clusters share buckets
+
+    valid = np.ones(len(texts), bool)
+    valid[5] = False
+    first, second = candidate_pairs(keys, valid)
+    assert set(zip(first.tolist(), second.tolist(), strict=True)) == expected
+
+    records, counts = band_records(signatures, 1000, bands, rows, 16)
+    assert counts.sum() == len(records) == bands * (len(texts) - 1)
+    stored = {(int(k), int(t)) for k, t in records}
+    assert stored == {
+        (int(keys[band, row]), band << 56 | (1000 + row))
+        for band in range(bands)
+        for row in range(len(texts))
+        if row != 5
+    }
+    partitions = (records[:, 0] >> np.uint64(32)) % np.uint64(16)
+    assert (np.diff(partitions.astype(np.int64)) >= 0).all()  # sorted by partition
+    shifted = {(a + 1000, b + 1000) for a, b in expected}
+    assert set(zip(*(x.tolist() for x in bucket_pairs(records)), strict=True)) == shifted

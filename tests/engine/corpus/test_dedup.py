@@ -49,9 +49,13 @@ def test_partitioned_clusters_equal_the_in_memory_ones(
     """Many signing batches and many partition ranges give exactly the in-memory pass's clusters,
     kept rows, `duplicate_of` and similarities."""
     path, texts = corpus
+    lines = path.read_text().splitlines(keepends=True)
+    halves = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]  # global row numbers run across inputs
+    halves[0].write_text("".join(lines[:3333]))
+    halves[1].write_text("".join(lines[3333:]))
     command = Dedup("text", 0.7, keep=keep, exact=exact, partition_mb=1)
     command.batch_rows = 1000
-    manifest = run_corpus_command(command, [path], tmp_path / "out", progress=False)
+    manifest = run_corpus_command(command, halves, tmp_path / "out", progress=False)
     assert manifest["partitions_grouped"] >= 2  # the 1 MB budget split the band keys
 
     signatures = minhash_signatures(texts)
@@ -71,6 +75,13 @@ def test_partitioned_clusters_equal_the_in_memory_ones(
 
     kept = pq.read_table(tmp_path / "out" / "data").column("text").to_pylist()
     assert kept == [t for t, k in zip(texts, reference.keep, strict=True) if k and t is not None]
+    removed = pq.read_table(tmp_path / "out" / "rejected").to_pylist()
+    named = [
+        f"{halves[1].name}:{t - 3333}" if t >= 3333 else f"{halves[0].name}:{t}"
+        for t in reference.duplicate_of.tolist()
+        if t >= 0
+    ]
+    assert [r["duplicate_of"] for r in removed if r["reason"] == "near-duplicate"] == named
 
 
 def test_index_of_kept_signatures_is_written_from_disk(corpus, tmp_path: Path) -> None:
@@ -86,10 +97,34 @@ def test_index_of_kept_signatures_is_written_from_disk(corpus, tmp_path: Path) -
     np.testing.assert_array_equal(stored, minhash_signatures([texts[i] for i in kept]))
 
 
-def test_scratch_directory_is_removed(corpus, tmp_path: Path) -> None:
+def test_scratch_directory_is_beside_the_output_and_removed(corpus, tmp_path: Path, monkeypatch) -> None:
+    import synthkiln.engine.corpus.dedup as dedup_module
+
     path, _ = corpus
+    seen: list[list[str]] = []
+    group = dedup_module.group_partitions
+
+    def watched(spec, span):  # what the scratch directory holds while the clusters are found
+        work = Path(spec.store.work)
+        seen.append([work.parent.name, *sorted(p.name for p in work.iterdir())])
+        return group(spec, span)
+
+    monkeypatch.setattr(dedup_module, "group_partitions", watched)
     run_corpus_command(Dedup("text", 0.7), [path], tmp_path / "out", progress=False)
+    chunks = len(seen[0]) // 2
+    assert chunks >= 1 and seen[0] == [
+        tmp_path.name,
+        *sorted([f"bands-{c}.npy" for c in range(chunks)] + [f"sig-{c}.npy" for c in range(chunks)]),
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+    def failing(spec, span):
+        raise RuntimeError("grouping failed")
+
+    monkeypatch.setattr(dedup_module, "group_partitions", failing)
+    with pytest.raises(RuntimeError, match="grouping failed"):
+        run_corpus_command(Dedup("text", 0.7), [path], tmp_path / "again", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no scratch left, nothing written
 
 
 def test_a_big_input_is_written_in_several_shards(corpus, tmp_path: Path, monkeypatch) -> None:

@@ -85,6 +85,7 @@ def test_ray_run_writes_the_local_rows(
     assert teacher["executor"] == "ray" and teacher["actors"] == 1 and teacher["backend"] == "transformers"
     rows = committed_rows(tmp_path / "out", "data")
     assert {v["verifier"] for r in rows for v in r["verdicts"]} == {"regex"}
+    assert manifest["sandbox"]["executor"] == "ray"  # checked by Ray tasks, not this process's pool
     # the same recipe hash: a Ray run resumes a local one and the other way round
     with Pipeline.from_recipe(recipe) as local:
         assert local.recipe.content_hash() == pipeline.recipe.content_hash()
@@ -95,6 +96,7 @@ def test_engine_actor_killed_mid_run_loses_and_doubles_nothing(
 ) -> None:
     out = tmp_path / "out"
     killed: list[int] = []
+    in_flight: list[int] = []
 
     def kill_after_first_commit(pipeline: Pipeline) -> None:
         while not killed:
@@ -104,6 +106,7 @@ def test_engine_actor_killed_mid_run_loses_and_doubles_nothing(
                 committed = 0
             if committed >= 2:
                 pid = pipeline.teachers[0].actor_pids()[0]
+                in_flight.append(pipeline.teachers[0].in_flight)
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
             time.sleep(0.02)
@@ -115,6 +118,7 @@ def test_engine_actor_killed_mid_run_loses_and_doubles_nothing(
         manifest = pipeline.run(out, progress=False)
         watcher.join(timeout=5)
         assert killed, "the run ended before the actor could be killed"
+        assert in_flight[0] > 0  # requests were on their way when it died
         assert pipeline.teachers[0].actor_pids()[0] != killed[0]  # Ray restarted it
     assert manifest["complete"] is True
     rows = rows_of(out)
