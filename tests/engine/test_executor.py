@@ -135,12 +135,12 @@ def test_decontaminate_on_ray_removes_exactly_the_local_rows(
     assert ray_manifest["executor"]["executor"] == "ray"
 
 
-def test_mix_by_tokens_on_ray_gives_the_local_mix(corpus, tmp_path: Path, ray_args) -> None:
+def test_mix_by_tokens_on_ray_gives_the_local_mix(corpus, tmp_path: Path, cluster: str) -> None:
     """Rows' tokens are counted by Ray tasks (each loads the tokenizer once): the same mix."""
     (_, synthetic, human), _ = corpus  # the first file holds an empty row, which mix refuses
     options = ["--synthetic", str(synthetic), "--human", str(human), "--ratio", "0.3", "--by", "tokens"]
     synthkiln("mix", *options, "--out", str(tmp_path / "local"))
-    synthkiln("mix", *options, "--out", str(tmp_path / "ray"), *ray_args)
+    synthkiln("mix", *options, "--out", str(tmp_path / "ray"), *executors(cluster))
     local = pq.read_table(tmp_path / "local" / "data").to_pylist()
     assert len(local) > 1000 and all(row["tokens"] > 0 for row in local)
     assert pq.read_table(tmp_path / "ray" / "data").to_pylist() == local
@@ -156,12 +156,12 @@ def flat(figures: object, prefix: str = "") -> dict[str, object]:
     return {prefix: figures}
 
 
-def test_diversity_on_ray_gives_the_local_figures(corpus, tmp_path: Path, ray_args) -> None:
+def test_diversity_on_ray_gives_the_local_figures(corpus, cluster: str) -> None:
     """The sample is embedded by Ray tasks: lexical figures equal, embedding ones to float noise."""
     (paths, _) = corpus
     options = ["diversity", str(paths[1]), "--text-field", "text", "--sample-size", "600", "--json"]
     local = flat(json.loads(synthkiln(*options).stdout))
-    on_ray = flat(json.loads(synthkiln(*options, *ray_args).stdout))
+    on_ray = flat(json.loads(synthkiln(*options, *executors(cluster)).stdout))
     assert on_ray.keys() == local.keys()
     embedding = [k for k in local if "cluster" in k or "embedding" in k or "distance" in k]
     assert embedding  # the MiniLM figures are there to compare
