@@ -353,12 +353,12 @@ def run_cost(manifest: dict[str, Any], prices: CostConfig) -> dict[str, Any]:
     total = sum(parts) if parts and None not in parts else None  # type: ignore[arg-type]
 
     def per(count: int) -> float | None:
-        return round(total / count, 6) if total is not None and count else None
+        return _significant(total / count) if total is not None and count else None
 
     verified = funnel.get("verified", 0)
     return {
         "prices": prices.model_dump(),
-        "total_usd": round(total, 6) if total is not None else None,
+        "total_usd": _significant(total) if total is not None else None,
         "usd_per_generated_sample": per(funnel["samples"]),
         "usd_per_accepted_row": per(funnel["accepted"]),
         "usd_per_verified_row": per(verified),
@@ -390,3 +390,9 @@ def _guards(manifest: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
         if len(recipe.teachers) > 1 and (figures["share_of_accepted"] or 0) > limit
     ]
     return {"max_lineage_depth": recipe.guards.max_lineage_depth, "teachers": teachers, "flags": flags}
+
+
+def _significant(usd: float) -> float:
+    """Six significant figures: a small run's cost per row is millionths of a dollar, and a fixed
+    number of decimals would round it by up to a third."""
+    return float(f"{usd:.6g}")
