@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -135,7 +136,7 @@ class TeacherDriver:
                 try:
                     finished = future.result(timeout=_IDLE_WAIT_S)
                     break
-                except TimeoutError:
+                except FutureTimeout:  # not the builtin TimeoutError before Python 3.11
                     self.check()
             if finished.refused is not None:
                 raise TeacherError(f"teacher '{self.teacher.name}' refused a request: {finished.refused}")

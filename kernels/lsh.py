@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from synthkiln.kernels.minhash import EMPTY
 from synthkiln.kernels.similarity import exact_jaccard_pairs, jaccard_pairs
@@ -72,17 +72,19 @@ _BAND_SHIFT = np.uint64(56)  # a band key's record: the band in the top 8 bits o
 _ROW_MASK = np.uint64((1 << 56) - 1)
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def bucket_pairs(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (i < j) of rows that follow each other in a bucket (same band and key), rows ascending.
 
     `records` holds a band key and its row with the band in the top 8 bits (`band << 56 | row`) per
-    line, as `band_records` makes them. A bucket's pairs
-    depend only on its own members, so buckets split into any partitions by key give the same pairs
-    as all of them at once: the disk-partitioned dedup relies on it.
+    line, as `band_records` makes them. A bucket's pairs depend only on its own members, so buckets
+    split into any partitions by key give the same pairs as all of them at once: the disk-partitioned
+    dedup relies on it.
 
-    Keys are spread by their top 16 bits (one counting pass), then each small group is sorted: equal
-    keys meet without sorting the whole array, which is the slow part at tens of millions of keys.
+    Keys are spread by their top 16 bits (one counting pass), then the small groups are sorted on all
+    cores: equal keys meet without sorting the whole array, which is the slow part at tens of millions
+    of keys. A group of n records has at most n - 1 pairs, so each group writes its pairs where its
+    records were spread, and no core waits for another's count.
     """
     count = records.shape[0]
     starts = np.zeros((1 << 16) + 1, np.int64)
@@ -98,10 +100,8 @@ def bucket_pairs(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         spread_keys[place[group]] = records[i, 0]
         spread_tagged[place[group]] = records[i, 1]
         place[group] += 1
-    first = np.empty(16 + count // 16, np.int64)
-    second = np.empty(16 + count // 16, np.int64)
-    found = 0
-    for group in range(1 << 16):
+    found = np.zeros(1 << 16, np.int64)
+    for group in prange(1 << 16):
         low, high = starts[group], starts[group + 1]
         if high - low < 2:
             continue
@@ -109,6 +109,7 @@ def bucket_pairs(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         group_keys = spread_keys[low:high][order]
         group_tagged = spread_tagged[low:high][order]
         run = 0
+        written = 0
         for i in range(1, high - low + 1):
             if i < high - low and group_keys[i] == group_keys[run]:
                 continue
@@ -116,14 +117,24 @@ def bucket_pairs(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 members = np.sort(group_tagged[run:i])
                 for j in range(members.size - 1):
                     if members[j] >> _BAND_SHIFT == members[j + 1] >> _BAND_SHIFT:
-                        if found == first.size:
-                            first = np.concatenate((first, np.empty(first.size, np.int64)))
-                            second = np.concatenate((second, np.empty(second.size, np.int64)))
-                        first[found] = np.int64(members[j] & _ROW_MASK)
-                        second[found] = np.int64(members[j + 1] & _ROW_MASK)
-                        found += 1
+                        # the group's slots of the spread arrays, read into `group_*` already
+                        spread_keys[low + written] = members[j] & _ROW_MASK
+                        spread_tagged[low + written] = members[j + 1] & _ROW_MASK
+                        written += 1
             run = i
-    return first[:found], second[:found]
+        found[group] = written
+    total = 0
+    for group in range(1 << 16):
+        total += found[group]
+    first = np.empty(total, np.int64)
+    second = np.empty(total, np.int64)
+    at = 0
+    for group in range(1 << 16):
+        for k in range(found[group]):
+            first[at] = np.int64(spread_keys[starts[group] + k])
+            second[at] = np.int64(spread_tagged[starts[group] + k])
+            at += 1
+    return first, second
 
 
 @njit(cache=True)

@@ -21,6 +21,7 @@ signature `EMPTY`; similarity and LSH treat it as matching nothing.
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Sequence
 from typing import Literal
 
@@ -131,6 +132,8 @@ def signatures_from_hashes(
 def pick_backend(backend: Backend) -> str:
     """'triton' or 'numba': `auto` is Triton where CUDA is available."""
     if backend == "auto":
+        if not glob.glob("/dev/nvidia[0-9]*"):  # no GPU here: spare the second it takes to import torch
+            return "numba"
         try:
             import torch
 

@@ -14,14 +14,16 @@ binary is decoded (invalid UTF-8 becomes null, for the command to quarantine).
 
 from __future__ import annotations
 
+import contextlib
 import json
-import tempfile
+import queue
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -214,6 +216,8 @@ def check_fields(sources: list[Source], fields: dict[str, str]) -> None:
 
 
 SHARD_BYTES = 256 << 20  # rows held before a shard is written: memory stays bounded on a big input
+READ_AHEAD = 2  # batches decoded ahead of the one being worked on
+Item = TypeVar("Item")
 
 
 class CorpusCommand(ABC):
@@ -235,7 +239,7 @@ class CorpusCommand(ABC):
         self, sources: list[Source], progress: bool, executor: LocalExecutor, work: Path
     ) -> None:
         """A pass over the whole corpus before any row is written (dedup's clusters); `work` is a
-        scratch directory beside the output (on the storage every node of a cluster writes)."""
+        scratch folder inside the output directory (on the storage every node of a cluster writes)."""
 
     def judge(self) -> tuple[Callable[[Any, pa.RecordBatch], Any], Any] | None:
         """Per-batch work that may run on a cluster's workers: `(fn, shared)`, where `fn(shared, batch)`
@@ -272,26 +276,24 @@ def run_corpus_command(
     sources = iter_sources(inputs, command.text_field)
     check_fields(sources, command.fields())
     started = time.perf_counter()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.work-", dir=out_dir.parent) as work:
-        command.prepare(sources, progress, executor, Path(work))
-        with OutputDirectory(out_dir, command.output_format, fresh) as directory:
-            run = int((directory.previous or {}).get("runs", 0)) + 1
-            shards = _write_shards(command, sources, directory, run, executor, progress)
-            files = command.extra_files(directory, run)
-            manifest = {
-                "inputs": [str(s.path) for s in sources],
-                "runs": run,
-                **command.summary(),
-                "rows": command.rows,
-                "kept": command.kept,
-                "rejected": dict(sorted(command.reasons.items())),
-                "seconds": round(time.perf_counter() - started, 3),
-                "executor": executor.describe(),
-                "shards": shards,
-                "files": files,
-            }
-            directory.commit(manifest)
+    with OutputDirectory(out_dir, command.output_format, fresh) as directory, directory.scratch() as work:
+        command.prepare(sources, progress, executor, work)
+        run = int((directory.previous or {}).get("runs", 0)) + 1
+        shards = _write_shards(command, sources, directory, run, executor, progress)
+        files = command.extra_files(directory, run)
+        manifest = {
+            "inputs": [str(s.path) for s in sources],
+            "runs": run,
+            **command.summary(),
+            "rows": command.rows,
+            "kept": command.kept,
+            "rejected": dict(sorted(command.reasons.items())),
+            "seconds": round(time.perf_counter() - started, 3),
+            "executor": executor.describe(),
+            "shards": shards,
+            "files": files,
+        }
+        directory.commit(manifest)
     return manifest
 
 
@@ -310,7 +312,7 @@ def _write_shards(
     name = command.output_format.split("-", 1)[1].split("/")[0]
     judge = command.judge()
     fn, shared = judge if judge is not None else (_nothing, None)
-    batches = (
+    batches = read_ahead(
         (number, source, batch)
         for number, source in enumerate(sources)
         for batch in source.batches(command.batch_rows)
@@ -368,3 +370,37 @@ def compact(batch: pa.RecordBatch, fields: list[str]) -> pa.RecordBatch:
     """The batch's `fields`, copied out of the file's buffers: a slice would ship them whole to a
     cluster's workers."""
     return pa.RecordBatch.from_arrays([pa.concat_arrays([batch.column(f)]) for f in fields], names=fields)
+
+
+def read_ahead(items: Iterator[Item], depth: int = READ_AHEAD) -> Iterator[Item]:
+    """`items`, produced by a thread up to `depth` ahead: a file's next batch is read and decoded (Arrow
+    releases the GIL) while this one is signed, split or written. An error in the producer is raised
+    here, in order; a consumer that stops early stops the producer."""
+    ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                ready.put(("item", item))
+            ready.put(("end", None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            ready.put(("error", exc))
+
+    producer = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    producer.start()
+    try:
+        while True:
+            kind, value = ready.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while producer.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                ready.get(timeout=0.05)

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from synthkiln.engine.corpus import CorpusCommand, Source, compact
+from synthkiln.engine.corpus import CorpusCommand, Source, compact, read_ahead
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.executor import LocalExecutor
 from synthkiln.engine.output.directory import OutputDirectory
@@ -78,7 +78,10 @@ class Dedup(CorpusCommand):
         source_rows = np.zeros(len(sources), np.int64)
         with tqdm(desc="signatures", unit="doc", disable=not progress) as bar:
             for (number, batch, _), partition_counts in executor.map(
-                sign_chunk, spec, _numbered(sources, self.batch_rows), payload=lambda item: item[2]
+                sign_chunk,
+                spec,
+                read_ahead(_numbered(sources, self.batch_rows)),
+                payload=lambda item: item[2],
             ):
                 source_rows[number] += len(batch)
                 priority.append(_priority(batch, self.keep, self.text_field))
@@ -154,7 +157,7 @@ class Dedup(CorpusCommand):
         self.index_name = f"index-r{run}.npz"
         save_index(
             directory.path / self.index_name,
-            self.store.signatures_in_pieces(kept),
+            self.store.signatures_of(kept),
             [s.path.name for s in self.sources],
             np.stack([owners, kept - self.starts[owners]], axis=1),
             self.num_perm,
@@ -247,9 +250,9 @@ class ChunkStore:
 
     def _chunks_of(self, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """(chunk, positions in `rows`, rows local to the chunk) for sorted global `rows`."""
-        owners = np.searchsorted(self.bases, rows, side="right") - 1
-        for chunk in np.unique(owners):
-            where = np.flatnonzero(owners == chunk)
+        bounds = np.searchsorted(rows, self.bases)
+        for chunk in np.flatnonzero(bounds[1:] > bounds[:-1]):
+            where = np.arange(bounds[chunk], bounds[chunk + 1])
             yield int(chunk), where, rows[where] - self.bases[chunk]
 
     def _signatures(self, rows: np.ndarray) -> np.ndarray:
@@ -287,10 +290,12 @@ class ChunkStore:
             hashes[targets] = values
         return hashes, offsets
 
-    def signatures_in_pieces(self, rows: np.ndarray) -> Iterator[np.ndarray]:
-        """Signatures of `rows` (sorted), a bounded number at a time."""
-        for start in range(0, len(rows), PAIRS_PER_STEP):
-            yield self._signatures(rows[start : start + PAIRS_PER_STEP])
+    def signatures_of(self, rows: np.ndarray) -> Iterator[np.ndarray]:
+        """Signatures of `rows` (sorted), one signed batch at a time (a file's rows all wanted: the
+        file's pages, not a copy)."""
+        for chunk, _, local in self._chunks_of(rows):
+            stored = np.load(Path(self.work) / f"sig-{chunk}.npy", mmap_mode="r")
+            yield stored if len(local) == len(stored) else stored[local]
 
 
 def _offsets(counts: list[np.ndarray]) -> np.ndarray:

@@ -12,6 +12,11 @@ What is "ours" is decided by exact names, never by a manifest's word alone: shar
 A manifest listing any other path (``../x``, ``/etc/...``) is refused, and symlinked folders, lock or
 manifest are refused rather than followed.
 
+A command's scratch files (dedup's signatures and band keys) live in ``.synthkiln-work/`` inside the
+locked directory, so that every node of a cluster writes them to the output's storage and no other run
+can be using them: the folder goes when the command ends, and one left by a killed run goes when the
+directory is next opened. Only names of ours are removed from it (``NAME-N.npy`` and their partials).
+
 Shards go to `data/` and `rejected/` under temporary names, are renamed into place, and become part
 of the dataset when the manifest that lists them replaces the previous one (the commit point). On
 opening, shard files that no manifest lists (left by a crash) are removed; `--fresh` removes only the
@@ -38,6 +43,7 @@ MANIFEST = "manifest.json"
 CARD = "README.md"
 REPORT = "report.html"  # written after each run by engine/output/report.py
 LOCK = ".synthkiln.lock"
+WORK = ".synthkiln-work"
 FORMAT_PREFIX = "synthkiln-"
 FOLDERS = ("data", "rejected")
 # Exactly what our writers name files; nothing else is ever removed.
@@ -46,6 +52,7 @@ _SHARD = re.compile(rf"^{_SHARD_NAME}$")
 _SHARD_TEMPORARY = re.compile(rf"^\.{_SHARD_NAME}\.tmp$")
 _LISTED_SHARD = re.compile(rf"^(?:data|rejected)/{_SHARD_NAME}$")
 _EXTRA_FILE = re.compile(r"^[a-z][a-z0-9_]*-r\d+\.[a-z0-9]+$")  # a command's per-run file: index-r2.npz
+_SCRATCH_FILE = re.compile(r"^[a-z][a-z0-9_-]*\.npy(?:\.[0-9a-f]{32}\.partial)?$")  # sig-3.npy
 _TOP_TEMPORARY = re.compile(
     r"^\.(?:manifest\.json|README\.md|report\.html|[a-z][a-z0-9_]*-r\d+\.[a-z0-9]+)\.tmp$"
 )
@@ -71,6 +78,7 @@ class OutputDirectory:
                 self._remove_listed(self.previous)
                 self.previous = None
             self.remove_unlisted(self.previous)
+            self._remove_scratch()  # a killed run's: the lock says no run is using it
         except BaseException:
             self.close()
             raise
@@ -101,6 +109,26 @@ class OutputDirectory:
             write_text_atomic(self.path / CARD, card)
         self.remove_unlisted(manifest)
         self.previous = manifest
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[Path]:
+        """The scratch folder for the command's working files, removed when the block ends."""
+        work = self.path / WORK
+        work.mkdir(exist_ok=True)  # a symlink in its place was refused on opening
+        try:
+            yield work
+        finally:
+            self._remove_scratch()
+
+    def _remove_scratch(self) -> None:
+        work = self.path / WORK
+        if not work.is_dir() or work.is_symlink():
+            return
+        for path in work.iterdir():
+            if _SCRATCH_FILE.match(path.name) and _is_plain_file(path):
+                path.unlink()
+        with contextlib.suppress(OSError):  # still holding files we did not write: it stays
+            work.rmdir()
 
     def remove_unlisted(self, manifest: dict[str, Any] | None) -> None:
         """Remove files of ours (by exact name) that `manifest` does not list: a crash's leftovers,
@@ -231,9 +259,10 @@ def _our_manifest(directory: Path, output_format: str) -> dict[str, Any] | None:
         return None
     if not directory.is_dir():
         raise OutputError(f"{directory} exists and is not a directory; choose another --out")
-    for name in (*FOLDERS, MANIFEST, LOCK):
+    for name in (*FOLDERS, WORK, MANIFEST, LOCK):
         entry = directory / name
-        if entry.is_symlink() or (name in FOLDERS and entry.exists() and not entry.is_dir()):
+        folder = name in (*FOLDERS, WORK)
+        if entry.is_symlink() or (folder and entry.exists() and not entry.is_dir()):
             what = "a symlink" if entry.is_symlink() else "not a directory"
             raise OutputError(f"{entry} is {what}; synthkiln writes only real files and folders of its own")
     if (directory / MANIFEST).exists():
@@ -265,8 +294,8 @@ def _foreign_entries(directory: Path) -> list[str]:
             and (_TOP_TEMPORARY.match(entry.name) or _EXTRA_FILE.match(entry.name) or entry.name == REPORT)
         ):
             continue
-        if entry.name in FOLDERS and entry.is_dir():
-            ours = (_SHARD, _SHARD_TEMPORARY)
+        if entry.name in (*FOLDERS, WORK) and entry.is_dir():
+            ours = (_SCRATCH_FILE,) if entry.name == WORK else (_SHARD, _SHARD_TEMPORARY)
             inside = [
                 p for p in entry.iterdir() if not (started_by_us and any(r.match(p.name) for r in ours))
             ]

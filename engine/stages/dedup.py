@@ -150,7 +150,7 @@ def save_index(
             np.lib.format.write_array_header_2_0(entry, header)
             written = 0
             for piece in signatures:
-                entry.write(np.ascontiguousarray(piece, dtype=np.uint32).tobytes())
+                entry.write(memoryview(np.ascontiguousarray(piece, dtype=np.uint32)).cast("B"))
                 written += len(piece)
             if written != len(rows):
                 raise AssertionError(f"index of {len(rows)} rows got {written} signatures")

@@ -97,7 +97,7 @@ def test_index_of_kept_signatures_is_written_from_disk(corpus, tmp_path: Path) -
     np.testing.assert_array_equal(stored, minhash_signatures([texts[i] for i in kept]))
 
 
-def test_scratch_directory_is_beside_the_output_and_removed(corpus, tmp_path: Path, monkeypatch) -> None:
+def test_scratch_folder_is_inside_the_output_and_removed(corpus, tmp_path: Path, monkeypatch) -> None:
     import synthkiln.engine.corpus.dedup as dedup_module
 
     path, _ = corpus
@@ -106,17 +106,18 @@ def test_scratch_directory_is_beside_the_output_and_removed(corpus, tmp_path: Pa
 
     def watched(spec, span):  # what the scratch directory holds while the clusters are found
         work = Path(spec.store.work)
-        seen.append([work.parent.name, *sorted(p.name for p in work.iterdir())])
+        seen.append([str(work.relative_to(tmp_path)), *sorted(p.name for p in work.iterdir())])
         return group(spec, span)
 
     monkeypatch.setattr(dedup_module, "group_partitions", watched)
     run_corpus_command(Dedup("text", 0.7), [path], tmp_path / "out", progress=False)
     chunks = len(seen[0]) // 2
     assert chunks >= 1 and seen[0] == [
-        tmp_path.name,
+        "out/.synthkiln-work",
         *sorted([f"bands-{c}.npy" for c in range(chunks)] + [f"sig-{c}.npy" for c in range(chunks)]),
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert ".synthkiln-work" not in {p.name for p in (tmp_path / "out").iterdir()}
 
     def failing(spec, span):
         raise RuntimeError("grouping failed")
@@ -124,7 +125,7 @@ def test_scratch_directory_is_beside_the_output_and_removed(corpus, tmp_path: Pa
     monkeypatch.setattr(dedup_module, "group_partitions", failing)
     with pytest.raises(RuntimeError, match="grouping failed"):
         run_corpus_command(Dedup("text", 0.7), [path], tmp_path / "again", progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no scratch left, nothing written
+    assert list((tmp_path / "again").iterdir()) == []  # no scratch left, nothing written
 
 
 def test_a_big_input_is_written_in_several_shards(corpus, tmp_path: Path, monkeypatch) -> None:

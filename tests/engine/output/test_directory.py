@@ -315,3 +315,43 @@ def test_a_manifest_that_cannot_be_written_loses_nothing_committed(tmp_path: Pat
     assert not (out / "data" / "part-00001.parquet").exists()
     reopened.directory.close()
     assert snapshot(out) == committed
+
+
+def killed_dedup_leftovers(out: Path) -> Path:
+    """What a `dedup` SIGKILLed while signing leaves: its lock file (the flock died with it) and the
+    scratch folder with a signed batch and a half-written one."""
+    work = out / ".synthkiln-work"
+    work.mkdir(parents=True)
+    (out / LOCK).write_text("12345\n")
+    (work / "sig-0.npy").write_bytes(b"\x93NUMPY")
+    (work / "bands-0.npy").write_bytes(b"\x93NUMPY")
+    (work / f"sig-1.npy.{'ab' * 16}.partial").write_bytes(b"\x93NU")
+    return work
+
+
+def test_a_killed_runs_scratch_goes_when_the_directory_is_next_opened(tmp_path: Path) -> None:
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": "one two three four five six seven"}])
+    out = tmp_path / "out"
+    work = killed_dedup_leftovers(out)
+    done = cli("dedup", str(corpus), "--out", str(out), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert not work.exists()
+    assert sorted(p.name for p in out.iterdir()) == ["data", "index-r1.npz", "manifest.json"]
+
+    work = killed_dedup_leftovers(tmp_path / "again")
+    (work / "notes.txt").write_text("the user's")  # in our folder, but not our name
+    with pytest.raises(
+        OutputError, match=r"holds no synthkiln manifest \(found: \.synthkiln-work/notes\.txt\)"
+    ):
+        OutputDirectory(tmp_path / "again", "synthkiln-dedup/1")
+    assert (work / "sig-0.npy").is_file()  # refused: nothing touched
+
+    (out / ".synthkiln-work").mkdir()
+    (out / ".synthkiln-work" / "notes.txt").write_text("the user's")
+    (out / ".synthkiln-work" / "sig-7.npy").write_bytes(b"\x93NUMPY")
+    with OutputDirectory(out, "synthkiln-dedup/1") as directory:
+        assert sorted(p.name for p in (out / ".synthkiln-work").iterdir()) == ["notes.txt"]
+        with pytest.raises(RuntimeError), directory.scratch() as scratch:
+            (scratch / "bands-3.npy").write_bytes(b"\x93NUMPY")
+            raise RuntimeError("a failing command")
+    assert sorted(p.name for p in (out / ".synthkiln-work").iterdir()) == ["notes.txt"]
