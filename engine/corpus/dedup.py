@@ -1,17 +1,19 @@
 """`synthkiln dedup`: near-duplicate clusters over a whole corpus, one row kept per cluster.
 
 Memory is bounded by design, not by the corpus. Signatures and band keys go to files in a scratch
-directory as batches are signed: each batch's band keys sorted into 1024 fine hash partitions. Ranges of
+folder as batches are signed: each batch's band keys sorted into 1024 fine hash partitions. Ranges of
 partitions that fit `partition_mb` are then grouped one at a time (or side by side on a cluster): a
 bucket lives in one partition, so each range gives exactly the candidate pairs an in-memory pass gives
-for its buckets, confirmed against signatures read back from disk. What stays in memory is a few
-integers per document (clusters, keep flags, priorities): about 50 bytes, where 128 signature values
-take 512. The executor runs the signing and grouping tasks; the clusters are decided here, on global row
-numbers, so the kept set is the same whatever ran them.
+for its buckets, confirmed against signatures read back from disk. What stays in memory follows the
+duplicates, not the corpus: the confirmed pairs, and for each row that has a near-duplicate its
+cluster, keeper and similarity (`Duplicates`); every other row is its own cluster and kept. The executor
+runs the signing and grouping tasks; the clusters are decided here, on global row numbers, so the kept
+set is the same whatever ran them.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 import uuid
@@ -30,7 +32,7 @@ from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.executor import LocalExecutor
 from synthkiln.engine.output.directory import OutputDirectory
 from synthkiln.engine.stages.dedup import save_index
-from synthkiln.kernels.lsh import Clusters, band_records, bucket_pairs, keepers, optimal_bands, union_find
+from synthkiln.kernels.lsh import band_records, bucket_pairs, keepers, optimal_bands, union_find
 from synthkiln.kernels.minhash import minhash_signatures, shingle_hashes
 from synthkiln.kernels.similarity import exact_jaccard_pairs, jaccard_pairs, shingle_sets
 
@@ -74,41 +76,32 @@ class Dedup(CorpusCommand):
         started = time.perf_counter()
         bands, rows = optimal_bands(self.threshold, self.num_perm)
         spec = SignSpec(str(work), self.num_perm, self.ngram, self.backend, bands, rows, self.exact)
-        priority, bad, counts = [], [], []
+        bases, counts, quarantined = [0], [], []
         source_rows = np.zeros(len(sources), np.int64)
+        chunks = read_ahead(_numbered(sources, self.batch_rows))
         with tqdm(desc="signatures", unit="doc", disable=not progress) as bar:
-            for (number, batch, _), partition_counts in executor.map(
-                sign_chunk,
-                spec,
-                read_ahead(_numbered(sources, self.batch_rows)),
-                payload=lambda item: item[2],
+            for (number, batch, (chunk, base, _)), partition_counts in executor.map(
+                sign_chunk, spec, chunks, payload=lambda item: item[2]
             ):
                 source_rows[number] += len(batch)
-                priority.append(_priority(batch, self.keep, self.text_field))
-                bad.append(pc.is_null(batch.column(self.text_field)).to_numpy(zero_copy_only=False))
+                if self.keep != "first":  # read back for the rows that have near-duplicates only
+                    _save(work / f"priority-{chunk}.npy", _priority(batch, self.keep, self.text_field))
+                nulls = pc.is_null(batch.column(self.text_field)).to_numpy(zero_copy_only=False)
+                quarantined.append(base + np.flatnonzero(nulls))
                 counts.append(partition_counts)
+                bases.append(base + len(batch))
                 bar.update(len(batch))
         self.seconds["signatures"] = time.perf_counter() - started
         mark = time.perf_counter()
-        chunk_rows = [len(b) for b in bad]
-        store = ChunkStore(
-            str(work), np.concatenate([[0], np.cumsum(chunk_rows)]).astype(np.int64), self.exact
-        )
+        store = ChunkStore(str(work), np.array(bases, np.int64), self.exact)
         plan = GroupSpec(store, _offsets(counts), self.threshold)
         spans = _spans(plan.offsets, self.partition_mb)
         edges = [pair for _, pair in executor.map(group_partitions, plan, spans)]
-        total = int(store.bases[-1])
         first = np.concatenate([a for a, _ in edges]) if edges else np.zeros(0, np.int64)
         second = np.concatenate([b for _, b in edges]) if edges else np.zeros(0, np.int64)
-        cluster = union_find(total, first, second)
-        del first, second, edges
-        keeper = keepers(cluster, np.concatenate(priority) if priority else np.zeros(0))
-        keep = keeper == np.arange(total)
-        similarity = np.ones(total)
-        dropped = np.flatnonzero(~keep)
-        similarity[dropped] = store.similarity(dropped, keeper[dropped])
-        self.clusters = Clusters(cluster, keep, np.where(keep, -1, keeper), similarity)
-        self.quarantined = np.concatenate(bad) if bad else np.zeros(0, bool)
+        del edges
+        self.duplicates = _clusters(store, first, second, self.keep)
+        self.quarantined = np.concatenate(quarantined) if quarantined else np.zeros(0, np.int64)
         self.seconds["clusters"] = time.perf_counter() - mark
         self.store, self.partitions = store, len(spans)
         self.sources = sources
@@ -118,26 +111,33 @@ class Dedup(CorpusCommand):
     def split(
         self, batch: pa.RecordBatch, source: Source, judged: Any = None
     ) -> tuple[pa.RecordBatch, pa.RecordBatch]:
-        rows = np.arange(self.offset, self.offset + len(batch))
-        self.offset += len(batch)
-        clusters, quarantined = self.clusters, self.quarantined[rows]
-        keep = clusters.keep[rows] & ~quarantined
+        start, stop = self.offset, self.offset + len(batch)
+        self.offset = stop
+        found = self.duplicates
+        low, high = np.searchsorted(found.rows, [start, stop])
+        local = found.rows[low:high] - start
+        quarantined = pc.is_null(batch.column(self.text_field)).to_numpy(zero_copy_only=False)
+        keep = ~quarantined
+        keep[local] &= found.keep[low:high]
+        cluster, duplicate_of = np.arange(start, stop), np.full(len(batch), -1)
+        similarity = np.ones(len(batch))
+        cluster[local], duplicate_of[local] = found.cluster[low:high], found.duplicate_of[low:high]
+        similarity[local] = found.similarity[low:high]
         dropped = ~keep
-        targets = clusters.duplicate_of[rows][dropped]
         is_null = quarantined[dropped]
         removed = batch.filter(pa.array(dropped))
-        duplicate_of = [None if n else self._name(t) for t, n in zip(targets, is_null, strict=True)]
+        names = [None if n else self._name(t) for t, n in zip(duplicate_of[dropped], is_null, strict=True)]
         columns = {
-            "cluster_id": pa.array(clusters.cluster[rows][dropped], pa.int64()),
-            "duplicate_of": pa.array(duplicate_of, pa.string()),
-            "similarity": pa.array(clusters.similarity[rows][dropped], pa.float32(), mask=is_null),
+            "cluster_id": pa.array(cluster[dropped], pa.int64()),
+            "duplicate_of": pa.array(names, pa.string()),
+            "similarity": pa.array(similarity[dropped], pa.float32(), mask=is_null),
             "reason": pa.array(
                 [f"null {self.text_field}" if n else "near-duplicate" for n in is_null], pa.string()
             ),
             "detail": pa.array(
                 [
                     None if n else f"near-duplicate of {d} (estimated Jaccard {s:.2f})"
-                    for n, d, s in zip(is_null, duplicate_of, clusters.similarity[rows][dropped], strict=True)
+                    for n, d, s in zip(is_null, names, similarity[dropped], strict=True)
                 ],
                 pa.string(),
             ),
@@ -152,28 +152,39 @@ class Dedup(CorpusCommand):
         return f"{self.sources[owner].path.name}:{row - self.starts[owner]}"
 
     def extra_files(self, directory: OutputDirectory, run: int) -> list[str]:
-        kept = np.flatnonzero(self.clusters.keep & ~self.quarantined)
-        owners = np.searchsorted(self.starts, kept, side="right") - 1
+        removed = np.union1d(self.duplicates.rows[~self.duplicates.keep], self.quarantined)
         self.index_name = f"index-r{run}.npz"
+
+        def kept_by_chunk() -> Iterator[np.ndarray]:
+            for low, high in itertools.pairwise(self.store.bases.tolist()):
+                kept = np.ones(high - low, bool)
+                kept[removed[np.searchsorted(removed, low) : np.searchsorted(removed, high)] - low] = False
+                yield low + np.flatnonzero(kept)
+
+        def where(kept: np.ndarray) -> np.ndarray:
+            owners = np.searchsorted(self.starts, kept, side="right") - 1
+            return np.stack([owners, kept - self.starts[owners]], axis=1)
+
         save_index(
             directory.path / self.index_name,
-            self.store.signatures_of(kept),
+            itertools.chain.from_iterable(self.store.signatures_of(kept) for kept in kept_by_chunk()),
+            (where(kept) for kept in kept_by_chunk()),
+            int(self.store.bases[-1]) - len(removed),
             [s.path.name for s in self.sources],
-            np.stack([owners, kept - self.starts[owners]], axis=1),
             self.num_perm,
             self.ngram,
         )
         return [self.index_name]
 
     def summary(self) -> dict[str, Any]:
-        removed = ~self.clusters.keep & ~self.quarantined
+        found = self.duplicates
         return {
             "parameters": {"text_field": self.text_field, "threshold": self.threshold, "num_perm": self.num_perm,
                            "ngram": self.ngram, "keep": self.keep, "backend": self.backend, "exact": self.exact,
                            "partition_mb": self.partition_mb},
-            "removed": int(removed.sum()),
-            "quarantined": int(self.quarantined.sum()),
-            "clusters_with_duplicates": len(np.unique(self.clusters.cluster[removed])),
+            "removed": int((~found.keep).sum()),
+            "quarantined": len(self.quarantined),
+            "clusters_with_duplicates": len(np.unique(found.cluster[~found.keep])),
             "index": self.index_name,
             "partitions_grouped": self.partitions,
             "seconds_by_pass": {k: round(v, 3) for k, v in self.seconds.items()},
@@ -245,7 +256,7 @@ class ChunkStore:
             if self.exact:
                 out[start : start + len(a)] = exact_jaccard_pairs(*self._sets(rows), ia, ib)
             else:
-                out[start : start + len(a)] = jaccard_pairs(self._signatures(rows), ia, ib)
+                out[start : start + len(a)] = jaccard_pairs(self.gather("sig", rows), ia, ib)
         return out
 
     def _chunks_of(self, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
@@ -255,12 +266,13 @@ class ChunkStore:
             where = np.arange(bounds[chunk], bounds[chunk + 1])
             yield int(chunk), where, rows[where] - self.bases[chunk]
 
-    def _signatures(self, rows: np.ndarray) -> np.ndarray:
+    def gather(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """The rows (sorted) of the per-batch arrays `NAME-CHUNK.npy` (`sig`, `priority`)."""
         out: np.ndarray | None = None
         for chunk, where, local in self._chunks_of(rows):
-            stored = np.load(Path(self.work) / f"sig-{chunk}.npy", mmap_mode="r")
+            stored = np.load(Path(self.work) / f"{name}-{chunk}.npy", mmap_mode="r")
             if out is None:
-                out = np.empty((len(rows), stored.shape[1]), np.uint32)
+                out = np.empty((len(rows), *stored.shape[1:]), stored.dtype)
             out[where] = stored[local]
             del stored  # unmapped: pages read stay out of this process's memory
         return out if out is not None else np.zeros((0, 0), np.uint32)
@@ -358,3 +370,29 @@ def _priority(batch: pa.RecordBatch, keep: str, text_field: str) -> np.ndarray:
     column = keep.split(":", 1)[1]  # present: the skeleton checked every input's fields
     scores = pc.cast(batch.column(column), pa.float64())
     return pc.fill_null(scores, -np.inf).to_numpy()
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    """The clusters of the rows that have a confirmed near-duplicate, by global row number; every other
+    row is a cluster of its own and kept. Memory follows the duplicates, not the corpus."""
+
+    rows: np.ndarray  # sorted
+    cluster: np.ndarray  # the cluster's smallest row
+    keep: np.ndarray  # the row kept for its cluster
+    duplicate_of: np.ndarray  # the kept row of the cluster, -1 where kept
+    similarity: np.ndarray  # to the kept row, 1.0 where kept
+
+
+def _clusters(store: ChunkStore, first: np.ndarray, second: np.ndarray, keep: str) -> Duplicates:
+    """Connected components of the confirmed pairs and the row each keeps: highest priority (read back
+    for these rows only), then lowest row, as `cluster_duplicates` decides on the whole corpus."""
+    rows = np.unique(np.concatenate([first, second]))
+    root = union_find(len(rows), np.searchsorted(rows, first), np.searchsorted(rows, second))
+    priority = np.zeros(len(rows)) if keep == "first" else store.gather("priority", rows)
+    keeper = keepers(root, priority)
+    kept = keeper == np.arange(len(rows))
+    dropped = np.flatnonzero(~kept)
+    similarity = np.ones(len(rows))
+    similarity[dropped] = store.similarity(rows[dropped], rows[keeper[dropped]])
+    return Duplicates(rows, rows[root], kept, np.where(kept, -1, rows[keeper]), similarity)

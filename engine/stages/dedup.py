@@ -125,38 +125,43 @@ def _corpus_index(path: Path) -> Path | None:
 def save_index(
     path: Path,
     signatures: Iterable[np.ndarray],
+    rows: Iterable[np.ndarray],
+    count: int,
     files: list[str],
-    rows: np.ndarray,
     num_perm: int,
     ngram: int,
 ) -> None:
-    """Signatures of kept documents (given in pieces, streamed to disk: a corpus's index can be larger
-    than memory) and where they came from (`files[rows[i, 0]]`, row `rows[i, 1]`), reusable as
-    `dedup.against` without re-hashing the corpus. The file is what `np.savez` writes."""
+    """Signatures of `count` kept documents and where they came from (`files[rows[i, 0]]`, row
+    `rows[i, 1]`), both given in pieces and streamed to disk (a corpus's index can be larger than
+    memory), reusable as `dedup.against` without re-hashing the corpus. The file is what `np.savez`
+    writes."""
     small = {
         "files": np.array(files, dtype=str),
-        "rows": rows,
         "num_perm": np.array(num_perm),
         "ngram": np.array(ngram),
         "scheme": np.array(SCHEME),
     }
     with atomic_path(path) as temporary, zipfile.ZipFile(temporary, "w", allowZip64=True) as archive:
-        with archive.open("signatures.npy", "w", force_zip64=True) as entry:
-            header = {
-                "descr": np.dtype(np.uint32).str,
-                "fortran_order": False,
-                "shape": (len(rows), num_perm),
-            }
-            np.lib.format.write_array_header_2_0(entry, header)
-            written = 0
-            for piece in signatures:
-                entry.write(memoryview(np.ascontiguousarray(piece, dtype=np.uint32)).cast("B"))
-                written += len(piece)
-            if written != len(rows):
-                raise AssertionError(f"index of {len(rows)} rows got {written} signatures")
+        _stream_array(archive, "signatures", signatures, np.uint32, (count, num_perm))
+        _stream_array(archive, "rows", rows, np.int64, (count, 2))
         for name, array in small.items():
             with archive.open(f"{name}.npy", "w", force_zip64=True) as entry:
                 np.lib.format.write_array(entry, array, allow_pickle=False)
+
+
+def _stream_array(
+    archive: zipfile.ZipFile, name: str, pieces: Iterable[np.ndarray], dtype: type, shape: tuple[int, int]
+) -> None:
+    """One `.npy` member of `shape`, written piece by piece."""
+    with archive.open(f"{name}.npy", "w", force_zip64=True) as entry:
+        header = {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_2_0(entry, header)
+        written = 0
+        for piece in filter(len, pieces):  # an empty piece has no bytes to view
+            entry.write(memoryview(np.ascontiguousarray(piece, dtype=dtype)).cast("B"))
+            written += len(piece)
+        if written != shape[0]:
+            raise AssertionError(f"{name}: {shape[0]} rows announced, {written} written")
 
 
 def load_index(path: Path, num_perm: int, ngram: int) -> tuple[np.ndarray, list[str]]:
