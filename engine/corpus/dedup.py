@@ -126,7 +126,9 @@ class Dedup(CorpusCommand):
         dropped = ~keep
         is_null = quarantined[dropped]
         removed = batch.filter(pa.array(dropped))
-        names = [None if n else self._name(t) for t, n in zip(duplicate_of[dropped], is_null, strict=True)]
+        names = [
+            None if n else name for name, n in zip(self._names(duplicate_of[dropped]), is_null, strict=True)
+        ]
         columns = {
             "cluster_id": pa.array(cluster[dropped], pa.int64()),
             "duplicate_of": pa.array(names, pa.string()),
@@ -146,10 +148,14 @@ class Dedup(CorpusCommand):
             removed = removed.append_column(name, values)
         return batch.filter(pa.array(keep)), removed
 
-    def _name(self, row: int) -> str:
-        """Global row number -> `file:row`, the name a removed row's `duplicate_of` points to."""
-        owner = int(np.searchsorted(self.starts, row, side="right")) - 1
-        return f"{self.sources[owner].path.name}:{row - self.starts[owner]}"
+    def _names(self, rows: np.ndarray) -> list[str]:
+        """Global row numbers -> `file:row`, the names a removed row's `duplicate_of` points to."""
+        owners = np.searchsorted(self.starts, rows, side="right") - 1
+        files = [s.path.name for s in self.sources]
+        return [
+            f"{files[o]}:{r}"
+            for o, r in zip(owners.tolist(), (rows - self.starts[owners]).tolist(), strict=True)
+        ]
 
     def extra_files(self, directory: OutputDirectory, run: int) -> list[str]:
         removed = np.union1d(self.duplicates.rows[~self.duplicates.keep], self.quarantined)
