@@ -373,3 +373,13 @@ def test_generated_samples_matching_a_benchmark_are_rejected(tmp_path: Path, hf_
     assert {(r["stage"], r["reason"]) for r in rejected} == {("decontaminate", "contaminated:own")}
     assert all(r["contamination"]["score"] == 1.0 for r in rejected)
     assert manifest["funnel"]["rejected"] == {"decontaminate": {"contaminated:own": 2}}
+
+
+def test_hits_are_ordered_as_lexsort_orders_them() -> None:
+    from synthkiln.engine.stages.decontam import _order_by
+
+    rng = np.random.default_rng(3)
+    small = [rng.integers(0, n, 50_000) for n in (900, 3000, 400)]  # packed into one 64-bit key
+    wide = [rng.integers(0, 2**40, 50_000), small[1], rng.integers(0, 2**30, 50_000)]  # too wide: lexsort
+    for keys in (small, wide):
+        np.testing.assert_array_equal(_order_by(*keys), np.lexsort(keys[::-1]))
