@@ -14,7 +14,9 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,32 +36,49 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_node(*args: str) -> None:
+def start_node(*args: str) -> str:
+    """`ray start` a node of one CPU: its temp dir, which names it in its processes' command lines."""
     temp = tempfile.mkdtemp(prefix="ray")  # short: Ray's socket paths must fit 107 characters
     subprocess.run(
         [RAY, "start", "--num-cpus=1", "--object-store-memory=200000000", f"--temp-dir={temp}",
          "--node-ip-address=127.0.0.1", "--disable-usage-stats", *args],
         check=True, capture_output=True, env=RAY_ENV,
     )  # fmt: skip
+    return temp
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
-    """A head and a worker node, one CPU each, each with its own temp dir: the address to connect to."""
+class Nodes(NamedTuple):
+    address: str  # the head's, to connect to
+    head: str  # each node's temp dir
+    worker: str
+
+
+@contextmanager
+def two_nodes() -> Iterator[Nodes]:
+    """A head and a worker node, one CPU each, each with its own temp dir; `ray stop` at the end."""
     port = _free_port()
-    start_node("--head", f"--port={port}", "--include-dashboard=false")
+    head = start_node("--head", f"--port={port}", "--include-dashboard=false")
     try:
-        start_node(f"--address=127.0.0.1:{port}")
-        yield f"127.0.0.1:{port}"
+        yield Nodes(f"127.0.0.1:{port}", head, start_node(f"--address=127.0.0.1:{port}"))
     finally:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, env=RAY_ENV)
 
 
 @pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A head and a worker node: the address to connect to."""
+    with two_nodes() as nodes:
+        yield nodes.address
+
+
+@pytest.fixture(scope="module")
 def corpus(gsm8k_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], set[int]]:
+    return planted_files(gsm8k_dir, tmp_path_factory.mktemp("corpus"))
+
+
+def planted_files(gsm8k_dir: Path, folder: Path) -> tuple[list[Path], set[int]]:
     """The planted near-duplicate corpus in three files (JSONL and Parquet): several signing tasks, and
-    GSM8K test questions pasted into a few rows for decontamination."""
-    folder = tmp_path_factory.mktemp("corpus")
+    GSM8K test questions pasted into a few rows for decontamination (the rows' `n`, returned)."""
     texts = planted_corpus(gsm8k_dir, folder / "all.jsonl", documents=3000)
     tests = [json.loads(x)["question"] for x in (gsm8k_dir / "test.jsonl").read_text().splitlines()[:40]]
     rng = random.Random(5)
@@ -75,10 +94,13 @@ def corpus(gsm8k_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[l
     return paths, planted
 
 
+def command_line(*args: str) -> list[str]:
+    """The CLI with `args` (a corpus command without its progress bar)."""
+    return [*synthkiln_command(), *args, *(["--quiet"] if args[0] in ("dedup", "decontaminate") else [])]
+
+
 def synthkiln(*args: str) -> subprocess.CompletedProcess:
-    quiet = ["--quiet"] if args[0] in ("dedup", "decontaminate") else []
-    done = subprocess.run([*synthkiln_command(), *args, *quiet], capture_output=True, text=True, cwd=REPO,
-                          env=RAY_ENV)  # fmt: skip
+    done = subprocess.run(command_line(*args), capture_output=True, text=True, cwd=REPO, env=RAY_ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
