@@ -395,7 +395,8 @@ def _clusters(store: ChunkStore, first: np.ndarray, second: np.ndarray, keep: st
     for these rows only), then lowest row, as `cluster_duplicates` decides on the whole corpus."""
     rows = np.unique(np.concatenate([first, second]))
     root = union_find(len(rows), np.searchsorted(rows, first), np.searchsorted(rows, second))
-    priority = np.zeros(len(rows)) if keep == "first" else store.gather("priority", rows)
+    by_order = keep == "first" or not len(rows)  # no priorities to read: lowest row wins
+    priority = np.zeros(len(rows)) if by_order else store.gather("priority", rows)
     keeper = keepers(root, priority)
     kept = keeper == np.arange(len(rows))
     dropped = np.flatnonzero(~kept)

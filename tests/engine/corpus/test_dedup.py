@@ -150,3 +150,18 @@ def test_a_big_input_is_written_in_several_shards(corpus, tmp_path: Path, monkey
     assert pq.read_table(tmp_path / "pieces" / "data").column("text").to_pylist() == (
         pq.read_table(tmp_path / "whole" / "data").column("text").to_pylist()
     )
+
+
+@pytest.mark.parametrize("keep", ["first", "longest", "score:score"])
+def test_a_corpus_without_duplicates_keeps_every_row(tmp_path: Path, keep: str) -> None:
+    texts = [
+        f"document {i} says something of its own: {' '.join(str(i * k) for k in range(12))}"
+        for i in range(50)
+    ]
+    path = tmp_path / "distinct.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "score": i}) + "\n" for i, t in enumerate(texts)))
+    manifest = run_corpus_command(Dedup("text", 0.8, keep=keep), [path], tmp_path / "out", progress=False)
+    assert (manifest["kept"], manifest["removed"]) == (50, 0)
+    assert pq.read_table(tmp_path / "out" / "data").column("text").to_pylist() == texts
+    with np.load(tmp_path / "out" / manifest["index"]) as index:
+        assert index["signatures"].shape == (50, 128) and index["rows"][:, 1].tolist() == list(range(50))
