@@ -129,10 +129,13 @@ def signatures_from_hashes(
     return out
 
 
+_GPU_DEVICES = ("/dev/nvidia[0-9]*", "/dev/dxg", "/dev/kfd")  # NVIDIA, WSL2's GPU, AMD ROCm
+
+
 def pick_backend(backend: Backend) -> str:
     """'triton' or 'numba': `auto` is Triton where CUDA is available."""
     if backend == "auto":
-        if not glob.glob("/dev/nvidia[0-9]*"):  # no GPU here: spare the second it takes to import torch
+        if not any(glob.glob(device) for device in _GPU_DEVICES):  # spare the second torch takes to import
             return "numba"
         try:
             import torch

@@ -336,7 +336,7 @@ def _write_shards(
         batches.clear()
 
     current = None
-    with tqdm(desc=name, unit="row", disable=not progress) as bar:
+    with contextlib.closing(batches), tqdm(desc=name, unit="row", disable=not progress) as bar:
         for (number, source, batch), judged in results:
             if number != current and current is not None:
                 flush("data")
@@ -375,19 +375,24 @@ def compact(batch: pa.RecordBatch, fields: list[str]) -> pa.RecordBatch:
 def read_ahead(items: Iterator[Item], depth: int = READ_AHEAD) -> Iterator[Item]:
     """`items`, produced by a thread up to `depth` ahead: a file's next batch is read and decoded (Arrow
     releases the GIL) while this one is signed, split or written. An error in the producer is raised
-    here, in order; a consumer that stops early stops the producer."""
+    here, in order; a consumer that stops early (close it: `contextlib.closing`) stops the producer.
+    What the producer updates as it goes (`Source.row_base`) runs ahead of the consumer."""
     ready: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def produce() -> None:
         try:
             for item in items:
+                ready.put(("item", item))
                 if stop.is_set():
                     return
-                ready.put(("item", item))
             ready.put(("end", None))
         except BaseException as exc:  # handed to the consumer, raised there
             ready.put(("error", exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:  # a generator's files are closed here, not left to the collector
+                close()
 
     producer = threading.Thread(target=produce, name="read-ahead", daemon=True)
     producer.start()

@@ -13,6 +13,7 @@ set is the same whatever ran them.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
@@ -79,7 +80,7 @@ class Dedup(CorpusCommand):
         bases, counts, quarantined = [0], [], []
         source_rows = np.zeros(len(sources), np.int64)
         chunks = read_ahead(_numbered(sources, self.batch_rows))
-        with tqdm(desc="signatures", unit="doc", disable=not progress) as bar:
+        with contextlib.closing(chunks), tqdm(desc="signatures", unit="doc", disable=not progress) as bar:
             for (number, batch, (chunk, base, _)), partition_counts in executor.map(
                 sign_chunk, spec, chunks, payload=lambda item: item[2]
             ):
@@ -126,9 +127,11 @@ class Dedup(CorpusCommand):
         dropped = ~keep
         is_null = quarantined[dropped]
         removed = batch.filter(pa.array(dropped))
-        names = [
-            None if n else name for name, n in zip(self._names(duplicate_of[dropped]), is_null, strict=True)
-        ]
+        names: list[str | None] = [None] * int(dropped.sum())
+        for position, name in zip(
+            np.flatnonzero(~is_null), self._names(duplicate_of[dropped][~is_null]), strict=True
+        ):
+            names[position] = name
         columns = {
             "cluster_id": pa.array(cluster[dropped], pa.int64()),
             "duplicate_of": pa.array(names, pa.string()),
@@ -150,12 +153,13 @@ class Dedup(CorpusCommand):
 
     def _names(self, rows: np.ndarray) -> list[str]:
         """Global row numbers -> `file:row`, the names a removed row's `duplicate_of` points to."""
-        owners = np.searchsorted(self.starts, rows, side="right") - 1
         files = [s.path.name for s in self.sources]
-        return [
-            f"{files[o]}:{r}"
-            for o, r in zip(owners.tolist(), (rows - self.starts[owners]).tolist(), strict=True)
-        ]
+        return [f"{files[owner]}:{row}" for owner, row in self._locate(rows).tolist()]
+
+    def _locate(self, rows: np.ndarray) -> np.ndarray:
+        """Global row numbers -> (input number, row in that input) pairs."""
+        owners = np.searchsorted(self.starts, rows, side="right") - 1
+        return np.stack([owners, rows - self.starts[owners]], axis=1)
 
     def extra_files(self, directory: OutputDirectory, run: int) -> list[str]:
         removed = np.union1d(self.duplicates.rows[~self.duplicates.keep], self.quarantined)
@@ -167,14 +171,10 @@ class Dedup(CorpusCommand):
                 kept[removed[np.searchsorted(removed, low) : np.searchsorted(removed, high)] - low] = False
                 yield low + np.flatnonzero(kept)
 
-        def where(kept: np.ndarray) -> np.ndarray:
-            owners = np.searchsorted(self.starts, kept, side="right") - 1
-            return np.stack([owners, kept - self.starts[owners]], axis=1)
-
         save_index(
             directory.path / self.index_name,
             itertools.chain.from_iterable(self.store.signatures_of(kept) for kept in kept_by_chunk()),
-            (where(kept) for kept in kept_by_chunk()),
+            (self._locate(kept) for kept in kept_by_chunk()),
             int(self.store.bases[-1]) - len(removed),
             [s.path.name for s in self.sources],
             self.num_perm,
@@ -281,7 +281,9 @@ class ChunkStore:
                 out = np.empty((len(rows), *stored.shape[1:]), stored.dtype)
             out[where] = stored[local]
             del stored  # unmapped: pages read stay out of this process's memory
-        return out if out is not None else np.zeros((0, 0), np.uint32)
+        if out is None:
+            raise ValueError("gather needs at least one row")  # its shape and type come from a file
+        return out
 
     def _sets(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pieces: list[tuple[np.ndarray, np.ndarray]] = []
@@ -369,8 +371,6 @@ def group_partitions(spec: GroupSpec, span: tuple[int, int]) -> tuple[np.ndarray
 
 
 def _priority(batch: pa.RecordBatch, keep: str, text_field: str) -> np.ndarray:
-    if keep == "first":
-        return np.zeros(len(batch))
     if keep == "longest":
         return pc.fill_null(pc.utf8_length(batch.column(text_field)), 0).to_numpy().astype(np.float64)
     column = keep.split(":", 1)[1]  # present: the skeleton checked every input's fields

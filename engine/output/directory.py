@@ -12,10 +12,11 @@ What is "ours" is decided by exact names, never by a manifest's word alone: shar
 A manifest listing any other path (``../x``, ``/etc/...``) is refused, and symlinked folders, lock or
 manifest are refused rather than followed.
 
-A command's scratch files (dedup's signatures and band keys) live in ``.synthkiln-work/`` inside the
-locked directory, so that every node of a cluster writes them to the output's storage and no other run
-can be using them: the folder goes when the command ends, and one left by a killed run goes when the
-directory is next opened. Only names of ours are removed from it (``NAME-N.npy`` and their partials).
+A command's scratch files (dedup's signatures and band keys) live in ``.synthkiln-work/RUN/`` inside
+the locked directory (RUN: 32 hex digits, one per command), so that every node of a cluster writes them
+to the output's storage and no other run can be using them: the folder goes when the command ends, and
+one left by a killed run goes when the directory is next opened. Only names of ours are removed from
+it (``sig-N.npy``, ``bands-N.npy``, ... and their partials).
 
 Shards go to `data/` and `rejected/` under temporary names, are renamed into place, and become part
 of the dataset when the manifest that lists them replaces the previous one (the commit point). On
@@ -30,6 +31,7 @@ import fcntl
 import json
 import os
 import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,10 @@ _SHARD = re.compile(rf"^{_SHARD_NAME}$")
 _SHARD_TEMPORARY = re.compile(rf"^\.{_SHARD_NAME}\.tmp$")
 _LISTED_SHARD = re.compile(rf"^(?:data|rejected)/{_SHARD_NAME}$")
 _EXTRA_FILE = re.compile(r"^[a-z][a-z0-9_]*-r\d+\.[a-z0-9]+$")  # a command's per-run file: index-r2.npz
-_SCRATCH_FILE = re.compile(r"^[a-z][a-z0-9_-]*\.npy(?:\.[0-9a-f]{32}\.partial)?$")  # sig-3.npy
+_SCRATCH_RUN = re.compile(r"^[0-9a-f]{32}$")  # one command's own scratch folder inside WORK
+_SCRATCH_FILE = re.compile(
+    r"^(?:sig|bands|priority|shingles|shingle-offsets)-\d+\.npy(?:\.[0-9a-f]{32}\.partial)?$"
+)  # what dedup's tasks write: sig-3.npy, and its partial while written
 _TOP_TEMPORARY = re.compile(
     r"^\.(?:manifest\.json|README\.md|report\.html|[a-z][a-z0-9_]*-r\d+\.[a-z0-9]+)\.tmp$"
 )
@@ -112,11 +117,17 @@ class OutputDirectory:
 
     @contextlib.contextmanager
     def scratch(self) -> Iterator[Path]:
-        """The scratch folder for the command's working files, removed when the block ends."""
+        """A scratch folder of this command's own (an absolute path: a cluster's workers do not share
+        our working directory), removed when the block ends. Its own, not the directory's: a task
+        of a killed run that Ray still finishes cannot write over this run's files."""
         work = self.path / WORK
-        work.mkdir(exist_ok=True)  # a symlink in its place was refused on opening
+        work.mkdir(exist_ok=True)
+        if work.is_symlink():  # made since the opening check: never write through it
+            raise OutputError(f"{work} is a symlink; synthkiln writes only real files and folders of its own")
+        run = work / uuid.uuid4().hex
+        run.mkdir()
         try:
-            yield work
+            yield run.absolute()
         finally:
             self._remove_scratch()
 
@@ -124,10 +135,13 @@ class OutputDirectory:
         work = self.path / WORK
         if not work.is_dir() or work.is_symlink():
             return
-        for path in work.iterdir():
-            if _SCRATCH_FILE.match(path.name) and _is_plain_file(path):
-                path.unlink()
-        with contextlib.suppress(OSError):  # still holding files we did not write: it stays
+        ours, _ = _scratch_files(work)
+        for path in ours:
+            path.unlink()
+        for run in work.iterdir():
+            with contextlib.suppress(OSError):  # not ours, or still holding what we did not write
+                run.rmdir()
+        with contextlib.suppress(OSError):
             work.rmdir()
 
     def remove_unlisted(self, manifest: dict[str, Any] | None) -> None:
@@ -294,8 +308,11 @@ def _foreign_entries(directory: Path) -> list[str]:
             and (_TOP_TEMPORARY.match(entry.name) or _EXTRA_FILE.match(entry.name) or entry.name == REPORT)
         ):
             continue
-        if entry.name in (*FOLDERS, WORK) and entry.is_dir():
-            ours = (_SCRATCH_FILE,) if entry.name == WORK else (_SHARD, _SHARD_TEMPORARY)
+        if started_by_us and entry.name == WORK and entry.is_dir():
+            foreign.extend(f"{WORK}/{name}" for name in _scratch_files(entry)[1])
+            continue
+        if entry.name in FOLDERS and entry.is_dir():
+            ours = (_SHARD, _SHARD_TEMPORARY)
             inside = [
                 p for p in entry.iterdir() if not (started_by_us and any(r.match(p.name) for r in ours))
             ]
@@ -303,6 +320,21 @@ def _foreign_entries(directory: Path) -> list[str]:
             continue
         foreign.append(entry.name + ("/" if entry.is_dir() else ""))
     return foreign
+
+
+def _scratch_files(work: Path) -> tuple[list[Path], list[str]]:
+    """Our files in the scratch folder (inside per-command folders), and the names of what else is there."""
+    ours, foreign = [], []
+    for run in sorted(work.iterdir()):
+        if not (_SCRATCH_RUN.match(run.name) and run.is_dir() and not run.is_symlink()):
+            foreign.append(run.name)
+            continue
+        for path in sorted(run.iterdir()):
+            if _SCRATCH_FILE.match(path.name) and _is_plain_file(path):
+                ours.append(path)
+            else:
+                foreign.append(f"{run.name}/{path.name}")
+    return ours, foreign
 
 
 def _read_pid(path: Path) -> str:

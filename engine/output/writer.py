@@ -358,7 +358,7 @@ def run_cost(manifest: dict[str, Any], prices: CostConfig) -> dict[str, Any]:
     verified = funnel.get("verified", 0)
     return {
         "prices": prices.model_dump(),
-        "total_usd": _significant(total) if total is not None else None,
+        "total_usd": round(total, 6) if total is not None else None,
         "usd_per_generated_sample": per(funnel["samples"]),
         "usd_per_accepted_row": per(funnel["accepted"]),
         "usd_per_verified_row": per(verified),
@@ -393,6 +393,6 @@ def _guards(manifest: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
 
 
 def _significant(usd: float) -> float:
-    """Six significant figures: a small run's cost per row is millionths of a dollar, and a fixed
-    number of decimals would round it by up to a third."""
+    """Six significant figures: a cost per row is often millionths of a dollar, which a fixed number of
+    decimals would round by up to a third."""
     return float(f"{usd:.6g}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,12 @@ def test_partitioned_clusters_equal_the_in_memory_ones(
         if t >= 0
     ]
     assert [r["duplicate_of"] for r in removed if r["reason"] == "near-duplicate"] == named
+    with np.load(tmp_path / "out" / manifest["index"]) as index:  # kept rows, named by input and row
+        files, rows = index["files"].tolist(), index["rows"]
+    kept_rows = np.flatnonzero(reference.keep & np.array([t is not None for t in texts]))
+    assert files == ["a.jsonl", "b.jsonl"] and len(rows) == len(kept_rows)
+    np.testing.assert_array_equal(rows[:, 0], kept_rows >= 3333)
+    np.testing.assert_array_equal(rows[:, 1], np.where(kept_rows >= 3333, kept_rows - 3333, kept_rows))
 
 
 def test_index_of_kept_signatures_is_written_from_disk(corpus, tmp_path: Path) -> None:
@@ -110,7 +117,8 @@ def test_scratch_folder_is_inside_the_output_and_removed(corpus, tmp_path: Path,
 
     def watched(spec, span):  # what the scratch directory holds while the clusters are found
         work = Path(spec.store.work)
-        seen.append([str(work.relative_to(tmp_path)), *sorted(p.name for p in work.iterdir())])
+        seen.append([str(work.parent.relative_to(tmp_path)), *sorted(p.name for p in work.iterdir())])
+        assert work.is_absolute() and re.fullmatch("[0-9a-f]{32}", work.name)  # this command's own
         return group(spec, span)
 
     monkeypatch.setattr(dedup_module, "group_partitions", watched)

@@ -318,9 +318,9 @@ def test_a_manifest_that_cannot_be_written_loses_nothing_committed(tmp_path: Pat
 
 
 def killed_dedup_leftovers(out: Path) -> Path:
-    """What a `dedup` SIGKILLed while signing leaves: its lock file (the flock died with it) and the
+    """What a `dedup` SIGKILLed while signing leaves: its lock file (the flock died with it) and its
     scratch folder with a signed batch and a half-written one."""
-    work = out / ".synthkiln-work"
+    work = out / ".synthkiln-work" / ("0f" * 16)
     work.mkdir(parents=True)
     (out / LOCK).write_text("12345\n")
     (work / "sig-0.npy").write_bytes(b"\x93NUMPY")
@@ -335,23 +335,38 @@ def test_a_killed_runs_scratch_goes_when_the_directory_is_next_opened(tmp_path: 
     work = killed_dedup_leftovers(out)
     done = cli("dedup", str(corpus), "--out", str(out), "--quiet")
     assert done.returncode == 0, done.stderr
-    assert not work.exists()
+    assert not work.parent.exists()
     assert sorted(p.name for p in out.iterdir()) == ["data", "index-r1.npz", "manifest.json"]
 
     work = killed_dedup_leftovers(tmp_path / "again")
-    (work / "notes.txt").write_text("the user's")  # in our folder, but not our name
+    (work / "embeddings.npy").write_bytes(b"\x93NUMPY")  # in our folder, but not a name we write
     with pytest.raises(
-        OutputError, match=r"holds no synthkiln manifest \(found: \.synthkiln-work/notes\.txt\)"
+        OutputError, match=r"holds no synthkiln manifest \(found: \.synthkiln-work/0f0f.*/embeddings\.npy\)"
     ):
         OutputDirectory(tmp_path / "again", "synthkiln-dedup/1")
     assert (work / "sig-0.npy").is_file()  # refused: nothing touched
 
-    (out / ".synthkiln-work").mkdir()
-    (out / ".synthkiln-work" / "notes.txt").write_text("the user's")
-    (out / ".synthkiln-work" / "sig-7.npy").write_bytes(b"\x93NUMPY")
-    with OutputDirectory(out, "synthkiln-dedup/1") as directory:
-        assert sorted(p.name for p in (out / ".synthkiln-work").iterdir()) == ["notes.txt"]
+    work = killed_dedup_leftovers(tmp_path / "ours")
+    (tmp_path / "ours" / "manifest.json").write_text((out / "manifest.json").read_text())
+    (work / "embeddings.npy").write_bytes(b"\x93NUMPY")
+    with OutputDirectory(tmp_path / "ours", "synthkiln-dedup/1") as directory:
+        assert sorted(p.name for p in work.iterdir()) == ["embeddings.npy"]  # ours went, the user's stays
         with pytest.raises(RuntimeError), directory.scratch() as scratch:
             (scratch / "bands-3.npy").write_bytes(b"\x93NUMPY")
             raise RuntimeError("a failing command")
-    assert sorted(p.name for p in (out / ".synthkiln-work").iterdir()) == ["notes.txt"]
+        assert scratch.parent == work.parent and not scratch.exists()
+    assert sorted(p.name for p in work.iterdir()) == ["embeddings.npy"]
+
+
+def test_a_scratch_folder_symlinked_in_is_refused(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "sig-0.npy").write_bytes(b"the user's")
+    out = tmp_path / "out"
+    with OutputDirectory(out, "synthkiln-dedup/1") as directory:
+        (out / ".synthkiln-work").symlink_to(elsewhere)  # after the opening check
+        with pytest.raises(OutputError, match=r"\.synthkiln-work is a symlink"), directory.scratch():
+            pass
+    assert (elsewhere / "sig-0.npy").read_bytes() == b"the user's"
+    with pytest.raises(OutputError, match=r"\.synthkiln-work is a symlink"):
+        OutputDirectory(out, "synthkiln-dedup/1")
