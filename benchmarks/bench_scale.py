@@ -10,6 +10,7 @@ windows of GSM8K train text with 1% holding a GSM8K test question (as in bench_d
 
     python benchmarks/bench_scale.py executors   # local vs Ray 1 and 2 workers
     python benchmarks/bench_scale.py memory      # 20M short documents: peak RSS, wall time
+    python benchmarks/bench_scale.py render      # seed rows read and prompts rendered by one driver
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ def executors(scratch: Path, short_docs: int, long_docs: int) -> dict:
         "short": (scratch / "short.parquet", short_docs, write_short(scratch / "short.parquet", short_docs)),
         "2KB": (scratch / "long.parquet", long_docs, write_long(scratch / "long.parquet", long_docs)),
     }
+    tiny = scratch / "tiny.parquet"  # a command's fixed cost: start-up, connecting, Ray's worker processes
+    write_short(tiny, 100)
     setups = {
         "local": ([], None),
         "ray-1-worker": (["--executor", "ray"], 1),
@@ -119,6 +122,7 @@ def executors(scratch: Path, short_docs: int, long_docs: int) -> dict:
         try:
             extra = [*flags, "--ray-address", address] if address else flags
             for kind in ("dedup", "decontaminate"):
+                startup = min(timed(command(kind, tiny, scratch / "out", extra))[0] for _ in range(2))
                 for size, (path, documents, text_bytes) in inputs.items():
                     best = min(
                         (timed(command(kind, path, scratch / "out", extra)) for _ in range(2)),
@@ -129,6 +133,7 @@ def executors(scratch: Path, short_docs: int, long_docs: int) -> dict:
                         "documents": documents,
                         "text_MB": round(text_bytes / 1e6, 1),
                         "wall_seconds": round(wall, 2),
+                        "startup_seconds": round(startup, 2),  # the same command on 100 documents
                         "documents_per_second": round(documents / wall),
                         "MB_per_second": round(text_bytes / 1e6 / wall, 1),
                         "removed": manifest["removed"],
@@ -138,23 +143,33 @@ def executors(scratch: Path, short_docs: int, long_docs: int) -> dict:
             if address:
                 stop_cluster()
     for by_setup in runs.values():
-        local = by_setup["local"]["wall_seconds"]
+        local = by_setup["local"]
         for label in ("ray-1-worker", "ray-2-workers"):
-            by_setup[label]["time_vs_local"] = round(by_setup[label]["wall_seconds"] / local, 3)
+            ray = by_setup[label]
+            ray["time_vs_local"] = round(ray["wall_seconds"] / local["wall_seconds"], 3)
+            ray["time_past_startup_vs_local"] = round(
+                (ray["wall_seconds"] - ray["startup_seconds"])
+                / (local["wall_seconds"] - local["startup_seconds"]),
+                3,
+            )
     return runs
 
 
 def sizing(runs: dict) -> dict:
     """Workers (Ray, per-worker rate measured with 1 worker) for 1 TB of 2 KB documents an hour through
     dedup then decontamination."""
-    dedup = runs["dedup/2KB"]["ray-1-worker"]["MB_per_second"]
-    decont = runs["decontaminate/2KB"]["ray-1-worker"]["MB_per_second"]
+
+    def rate(kind: str) -> float:  # past the command's start-up: what a long job sees
+        run = runs[f"{kind}/2KB"]["ray-1-worker"]
+        return round(run["text_MB"] / (run["wall_seconds"] - run["startup_seconds"]), 1)
+
+    dedup, decont = rate("dedup"), rate("decontaminate")
     both = 1 / (1 / dedup + 1 / decont)
     return {
         "per_worker_MB_per_second": {"dedup": dedup, "decontaminate": decont, "both": round(both, 1)},
         "workers_for_1TB_per_hour": int(np.ceil(TB_PER_HOUR_MB_S / both)),
-        "note": "one worker = one Ray CPU slot on this 2-core VM (the Numba kernels use both cores); the "
-        "driver's single pass (clusters, writing) does not scale with workers",
+        "note": "one worker = one Ray CPU slot on this 2-core VM (the Numba kernels use both cores); rates past "
+        "each command's start-up; the driver's single pass (clusters, writing) does not scale with workers",
     }
 
 
@@ -184,11 +199,37 @@ def memory(scratch: Path, documents: int) -> dict:
     }
 
 
+def render(scratch: Path, rows: int) -> dict:
+    """Seed rows read and prompts rendered per second by the driver (GSM8K train questions as seeds,
+    the instruction task at defaults): how many engines one driver keeps fed."""
+    from synthkiln.engine.config import InstructionTask, SeedsConfig
+    from synthkiln.engine.seeds import read_seeds
+    from synthkiln.engine.tasks import build_task
+
+    questions = [json.loads(line)["question"] for line in GSM8K.read_text().splitlines()]
+    seeds = scratch / "seeds.jsonl"
+    seeds.write_text(
+        "".join(json.dumps({"instruction": questions[i % len(questions)]}) + "\n" for i in range(rows))
+    )
+    task = build_task(InstructionTask(kind="instruction"))
+    started = time.perf_counter()
+    prompts = sum(
+        len(task.prompts(seed, n)) for n, seed in enumerate(read_seeds(SeedsConfig(path=str(seeds))))
+    )
+    seconds = time.perf_counter() - started
+    return {
+        "seed_rows": rows,
+        "prompts": prompts,
+        "seconds": round(seconds, 2),
+        "prompts_per_second": round(prompts / seconds),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["executors", "memory"])
-    parser.add_argument("--short-documents", type=int, default=400_000)
-    parser.add_argument("--long-documents", type=int, default=50_000)
+    parser.add_argument("mode", choices=["executors", "memory", "render"])
+    parser.add_argument("--short-documents", type=int, default=1_000_000)
+    parser.add_argument("--long-documents", type=int, default=200_000)
     parser.add_argument("--documents", type=int, default=20_000_000, help="memory mode")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(dir=RESULTS.parents[1].parent))  # the disk, not a tmpfs
@@ -197,6 +238,8 @@ def main() -> None:
             runs = executors(scratch, args.short_documents, args.long_documents)
             save_report("scale_cpu", {"benchmark": "scale", "runs": runs, "sizing": sizing(runs),
                                       "target_ray_overhead_at_equal_workers": 1.25})  # fmt: skip
+        elif args.mode == "render":
+            save_report("scale_render_cpu", {"benchmark": "seeds-and-prompts", **render(scratch, 200_000)})
         else:
             save_report("scale_memory_cpu", {"benchmark": "dedup-memory", **memory(scratch, args.documents)})
     finally:

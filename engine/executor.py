@@ -15,6 +15,7 @@ cluster this process did not start.
 from __future__ import annotations
 
 import os
+import socket
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -77,6 +78,8 @@ class RayExecutor(LocalExecutor):
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise SynthkilnError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
             self._connected_here = True
+        elif address and address != "auto":
+            _check_same_cluster(ray.get_runtime_context().gcs_address, address)
         self.address = address
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._remotes: dict[Callable[..., Any], Any] = {}
@@ -141,3 +144,32 @@ def open_executor(kind: str = "local", address: str | None = None) -> LocalExecu
     if kind == "ray":
         return RayExecutor(address)
     raise SynthkilnError(f"executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
+
+
+def _check_same_cluster(connected: str, asked: str) -> None:
+    """A process holds one Ray connection: a command asked for another cluster than the one this
+    process is connected to (a launcher's) is refused, not run on the wrong cluster. The same cluster
+    may be named by any of this machine's addresses (`localhost`, its IP)."""
+
+    def host_and_port(address: str) -> tuple[str, str]:
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            return socket.gethostbyname(host), port
+        except OSError:
+            return host, port
+
+    def on_this_machine(ip: str) -> bool:
+        with socket.socket() as probe:
+            try:
+                probe.bind((ip, 0))  # only this machine's own addresses can be bound
+            except OSError:
+                return False
+        return True
+
+    (have, have_port), (want, want_port) = host_and_port(connected), host_and_port(asked)
+    same_host = have == want or (on_this_machine(have) and on_this_machine(want))
+    if have_port != want_port or not same_host:
+        raise SynthkilnError(
+            f"this process is already connected to the Ray cluster at {connected}; it cannot also use "
+            f"--ray-address {asked} (one Ray connection per process)"
+        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -192,3 +193,31 @@ def test_diversity_on_ray_gives_the_local_figures(corpus, cluster: str) -> None:
             assert on_ray[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key
         else:
             assert on_ray[key] == value, key
+
+
+def test_a_process_connected_to_one_cluster_refuses_another(cluster: str) -> None:
+    """A launcher already connected to Ray: a command naming its cluster (even as `localhost`) runs
+    there; one naming another cluster is refused rather than run on the connected one."""
+    port = cluster.rsplit(":", 1)[1]
+    script = f"""
+import ray
+from synthkiln.engine.errors import SynthkilnError
+from synthkiln.engine.executor import RayExecutor
+ray.init(address="{cluster}", log_to_driver=False)
+print("same", RayExecutor(address="localhost:{port}").workers)
+try:
+    RayExecutor(address="127.0.0.1:1")
+except SynthkilnError as exc:
+    print("refused:", exc)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=RAY_ENV, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "same 2"  # the two-node cluster's CPUs
+    assert re.fullmatch(
+        rf"refused: this process is already connected to the Ray cluster at [0-9.]+:{port}; it cannot "
+        r"also use --ray-address 127\.0\.0\.1:1 \(one Ray connection per process\)",
+        lines[1],
+    )
