@@ -168,8 +168,9 @@ def sizing(runs: dict) -> dict:
     return {
         "per_worker_MB_per_second": {"dedup": dedup, "decontaminate": decont, "both": round(both, 1)},
         "workers_for_1TB_per_hour": int(np.ceil(TB_PER_HOUR_MB_S / both)),
-        "note": "one worker = one Ray CPU slot on this 2-core VM (the Numba kernels use both cores); rates past "
-        "each command's start-up; the driver's single pass (clusters, writing) does not scale with workers",
+        "note": "one worker = one Ray CPU slot = one core of this 2-core VM (a task runs Numba on one thread); "
+        "rates past each command's start-up; the driver's single pass (clusters, writing) does not scale "
+        "with workers",
     }
 
 

@@ -94,12 +94,13 @@ class RayExecutor(LocalExecutor):
         ray = self._ray
         remote = self._remotes.get(fn)
         if remote is None:
-            remote = self._remotes[fn] = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(fn)
+            task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(_in_one_cpu)
+            remote = self._remotes[fn] = task.options(name=fn.__name__)
         shared_ref = ray.put(shared)
         pending: deque[tuple[Item, Any]] = deque()
         try:
             for item in items:
-                pending.append((item, remote.remote(shared_ref, payload(item))))
+                pending.append((item, remote.remote(fn, shared_ref, payload(item))))
                 if len(pending) >= 2 * self.workers:
                     yield self._next(pending, fn)
             while pending:
@@ -144,6 +145,16 @@ def open_executor(kind: str = "local", address: str | None = None) -> LocalExecu
     if kind == "ray":
         return RayExecutor(address)
     raise SynthkilnError(f"executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
+
+
+def _in_one_cpu(fn: Callable[[Any, Any], Any], shared: Any, item: Any) -> Any:
+    """`fn(shared, item)` in a Ray task, which holds one CPU slot: Numba's parallel kernels would
+    otherwise run a thread per core of the node in every task (64 x 64 on a 64-core node). Ray caps
+    OpenMP this way itself; Numba has its own setting."""
+    import numba
+
+    numba.set_num_threads(1)
+    return fn(shared, item)
 
 
 def _check_same_cluster(connected: str, asked: str) -> None:

@@ -96,7 +96,7 @@ class Dedup(CorpusCommand):
         mark = time.perf_counter()
         store = ChunkStore(str(work), np.array(bases, np.int64), self.exact)
         plan = GroupSpec(store, _offsets(counts), self.threshold)
-        spans = _spans(plan.offsets, self.partition_mb)
+        spans = _spans(plan.offsets, self.partition_mb, executor.workers)
         edges = [pair for _, pair in executor.map(group_partitions, plan, spans)]
         first = np.concatenate([a for a, _ in edges]) if edges else np.zeros(0, np.int64)
         second = np.concatenate([b for _, b in edges]) if edges else np.zeros(0, np.int64)
@@ -326,11 +326,12 @@ def _offsets(counts: list[np.ndarray]) -> np.ndarray:
     return offsets
 
 
-def _spans(offsets: np.ndarray, partition_mb: int) -> list[tuple[int, int]]:
+def _spans(offsets: np.ndarray, partition_mb: int, workers: int) -> list[tuple[int, int]]:
     """Consecutive fine partitions grouped into ranges of at most `partition_mb` of band keys (a fine
-    partition larger than that is a range of its own)."""
+    partition larger than that is a range of its own), and into at least about `workers` ranges, so
+    that no worker of a cluster waits while one groups everything."""
     sizes = (offsets[:, 1:] - offsets[:, :-1]).sum(axis=0) * RECORD_BYTES
-    budget = partition_mb << 20
+    budget = min(partition_mb << 20, max(1, -(-int(sizes.sum()) // workers)))
     spans, start, held = [], 0, 0
     for partition, size in enumerate(sizes):
         if held and held + size > budget:

@@ -221,3 +221,18 @@ except SynthkilnError as exc:
         r"also use --ray-address 127\.0\.0\.1:1 \(one Ray connection per process\)",
         lines[1],
     )
+
+
+def test_a_task_uses_the_one_cpu_it_holds(cluster: str) -> None:
+    """Numba in a Ray task runs one thread (the task's CPU slot), not one per core of the node."""
+    script = f"""
+import numba
+from synthkiln.engine.executor import RayExecutor
+print(numba.get_num_threads(), [threads for _, threads in RayExecutor(address="{cluster}").map(
+    lambda shared, item: numba.get_num_threads(), None, range(4))])
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=RAY_ENV, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[0] == f"{os.cpu_count()} [1, 1, 1, 1]"

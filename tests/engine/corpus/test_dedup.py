@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -173,3 +174,17 @@ def test_a_corpus_without_duplicates_keeps_every_row(tmp_path: Path, keep: str) 
     assert pq.read_table(tmp_path / "out" / "data").column("text").to_pylist() == texts
     with np.load(tmp_path / "out" / manifest["index"]) as index:
         assert index["signatures"].shape == (50, 128) and index["rows"][:, 1].tolist() == list(range(50))
+
+
+def test_partition_ranges_give_every_worker_one() -> None:
+    from synthkiln.engine.corpus.dedup import FINE_PARTITIONS, RECORD_BYTES, _spans
+
+    counts = np.full((3, FINE_PARTITIONS), 640)  # 3 batches, 30 MB of band keys in all
+    offsets = np.concatenate([np.zeros((3, 1), np.int64), np.cumsum(counts, axis=1)], axis=1)
+    assert _spans(offsets, 256, workers=1) == [(0, FINE_PARTITIONS)]  # one range fits the budget
+    for workers in (2, 8):
+        spans = _spans(offsets, 256, workers)
+        assert len(spans) == workers and spans[0][0] == 0 and spans[-1][1] == FINE_PARTITIONS
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))  # consecutive, none skipped
+    assert counts.sum() * RECORD_BYTES == 30 << 20
+    assert len(_spans(offsets, 10, workers=1)) == 4  # the budget still caps a range: 341 partitions each
