@@ -135,7 +135,8 @@ def test_dedup_on_ray_keeps_exactly_the_local_rows(corpus, tmp_path: Path, ray_a
     ray_kept, ray_removed, ray_manifest = outputs(tmp_path / "ray")
     assert len(removed) > 600  # the planted copies and the null row
     assert ray_kept == kept and ray_removed == removed
-    assert ray_manifest["partitions_grouped"] == manifest["partitions_grouped"] >= 2
+    # grouped in other ranges (at least one per Ray worker), to the same rows
+    assert ray_manifest["partitions_grouped"] > manifest["partitions_grouped"] >= 2
     assert manifest["executor"] == {"executor": "local", "workers": 1}
     cluster = "--ray-address" in ray_args
     workers = 2 if cluster else os.cpu_count()  # a local Ray takes every core
