@@ -4,20 +4,19 @@ Memory is bounded by design, not by the corpus. Signatures and band keys go to f
 folder as batches are signed: each batch's band keys sorted into 1024 fine hash partitions. Ranges of
 partitions that fit `partition_mb` are then grouped one at a time (or side by side on a cluster): a
 bucket lives in one partition, so each range gives exactly the candidate pairs an in-memory pass gives
-for its buckets, confirmed against signatures read back from disk. What stays in memory follows the
-duplicates, not the corpus: the confirmed pairs, and for each row that has a near-duplicate its
-cluster, keeper and similarity (`Duplicates`); every other row is its own cluster and kept. The executor
-runs the signing and grouping tasks; the clusters are decided here, on global row numbers, so the kept
-set is the same whatever ran them.
+for its buckets, confirmed against signatures read back from disk. The confirmed pairs are shuffled on to the
+connected-components rounds (`components`), and the stars they end in are read a range at a time to
+decide each cluster's kept row (`decide_clusters`), written as verdicts by row. No process holds the
+corpus's signatures, pairs or clusters: the driver holds counts per partition, and reads the verdicts
+of one batch at a time as it writes it. The executor runs every task; each decides on global row
+numbers only, so the kept set is the same whatever ran them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,16 +28,17 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from synthkiln.engine.corpus import CorpusCommand, Source, compact, read_ahead
+from synthkiln.engine.corpus.components import Round, connected_components, save_edges
+from synthkiln.engine.corpus.shuffle import FINE_PARTITIONS, offsets, read_span, save_whole, spans
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.executor import LocalExecutor
 from synthkiln.engine.output.directory import OutputDirectory
 from synthkiln.engine.stages.dedup import save_index
-from synthkiln.kernels.lsh import band_records, bucket_pairs, keepers, optimal_bands, union_find
+from synthkiln.kernels.components import star_members
+from synthkiln.kernels.lsh import band_records, bucket_pairs, keepers, optimal_bands
 from synthkiln.kernels.minhash import minhash_signatures, shingle_hashes
 from synthkiln.kernels.similarity import exact_jaccard_pairs, jaccard_pairs, shingle_sets
 
-FINE_PARTITIONS = 1024
-RECORD_BYTES = 16  # one band key of one document: the key, and the row tagged with its band
 PAIRS_PER_STEP = 1 << 18  # candidate pairs confirmed at a time: bounds the signatures read back
 
 
@@ -86,7 +86,7 @@ class Dedup(CorpusCommand):
             ):
                 source_rows[number] += len(batch)
                 if self.keep != "first":  # read back for the rows that have near-duplicates only
-                    _save(work / f"priority-{chunk}.npy", _priority(batch, self.keep, self.text_field))
+                    save_whole(work / f"priority-{chunk}.npy", _priority(batch, self.keep, self.text_field))
                 nulls = pc.is_null(batch.column(self.text_field)).to_numpy(zero_copy_only=False)
                 quarantined.append(base + np.flatnonzero(nulls))
                 counts.append(partition_counts)
@@ -95,16 +95,24 @@ class Dedup(CorpusCommand):
         self.seconds["signatures"] = time.perf_counter() - started
         mark = time.perf_counter()
         store = ChunkStore(str(work), np.array(bases, np.int64), self.exact)
-        plan = GroupSpec(store, _offsets(counts), self.threshold)
-        spans = _spans(plan.offsets, self.partition_mb, executor.workers)
-        edges = [pair for _, pair in executor.map(group_partitions, plan, spans)]
-        first = np.concatenate([a for a, _ in edges]) if edges else np.zeros(0, np.int64)
-        second = np.concatenate([b for _, b in edges]) if edges else np.zeros(0, np.int64)
-        del edges
-        self.duplicates = _clusters(store, first, second, self.keep)
+        plan = GroupSpec(store, offsets(counts), self.threshold)
+        ranges = spans(plan.table, self.partition_mb, executor.workers)
+        edge_counts = [found for _, found in executor.map(group_partitions, plan, enumerate(ranges))]
+        stars, star_ranges = connected_components(
+            executor, Round(str(work), 0, offsets(edge_counts)), self.partition_mb
+        )
+        decided = [
+            found
+            for _, found in executor.map(
+                decide_clusters, ClusterSpec(store, stars, self.keep), enumerate(star_ranges)
+            )
+        ]
+        self.verdicts = Verdicts([verdict_file(str(work), task) for task in range(len(star_ranges))])
+        self.removed = sum(removed for removed, _ in decided)
+        self.clusters_with_duplicates = sum(clusters for _, clusters in decided)
         self.quarantined = np.concatenate(quarantined) if quarantined else np.zeros(0, np.int64)
         self.seconds["clusters"] = time.perf_counter() - mark
-        self.store, self.partitions = store, len(spans)
+        self.store, self.partitions, self.rounds = store, len(ranges), stars.number + 1
         self.sources = sources
         self.starts = np.concatenate([[0], np.cumsum(source_rows)]).astype(np.int64)
         self.offset = 0
@@ -114,16 +122,18 @@ class Dedup(CorpusCommand):
     ) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         start, stop = self.offset, self.offset + len(batch)
         self.offset = stop
-        found = self.duplicates
-        low, high = np.searchsorted(found.rows, [start, stop])
-        local = found.rows[low:high] - start
+        found = self.verdicts.between(start, stop)
+        local = found.rows - start
         quarantined = pc.is_null(batch.column(self.text_field)).to_numpy(zero_copy_only=False)
         keep = ~quarantined
-        keep[local] &= found.keep[low:high]
+        keep[local] &= found.keep
         cluster, duplicate_of = np.arange(start, stop), np.full(len(batch), -1)
         similarity = np.ones(len(batch))
-        cluster[local], duplicate_of[local] = found.cluster[low:high], found.duplicate_of[low:high]
-        similarity[local] = found.similarity[low:high]
+        cluster[local], duplicate_of[local], similarity[local] = (
+            found.cluster,
+            found.duplicate_of,
+            found.similarity,
+        )
         dropped = ~keep
         is_null = quarantined[dropped]
         removed = batch.filter(pa.array(dropped))
@@ -162,20 +172,24 @@ class Dedup(CorpusCommand):
         return np.stack([owners, rows - self.starts[owners]], axis=1)
 
     def extra_files(self, directory: OutputDirectory, run: int) -> list[str]:
-        removed = np.union1d(self.duplicates.rows[~self.duplicates.keep], self.quarantined)
         self.index_name = f"index-r{run}.npz"
+        quarantined = self.quarantined
 
         def kept_by_chunk() -> Iterator[np.ndarray]:
             for low, high in itertools.pairwise(self.store.bases.tolist()):
+                found = self.verdicts.between(low, high)
                 kept = np.ones(high - low, bool)
-                kept[removed[np.searchsorted(removed, low) : np.searchsorted(removed, high)] - low] = False
+                kept[found.rows[~found.keep] - low] = False
+                kept[
+                    quarantined[np.searchsorted(quarantined, low) : np.searchsorted(quarantined, high)] - low
+                ] = False
                 yield low + np.flatnonzero(kept)
 
         save_index(
             directory.path / self.index_name,
             itertools.chain.from_iterable(self.store.signatures_of(kept) for kept in kept_by_chunk()),
             (self._locate(kept) for kept in kept_by_chunk()),
-            int(self.store.bases[-1]) - len(removed),
+            int(self.store.bases[-1]) - self.removed - len(quarantined),
             [s.path.name for s in self.sources],
             self.num_perm,
             self.ngram,
@@ -183,16 +197,16 @@ class Dedup(CorpusCommand):
         return [self.index_name]
 
     def summary(self) -> dict[str, Any]:
-        found = self.duplicates
         return {
             "parameters": {"text_field": self.text_field, "threshold": self.threshold, "num_perm": self.num_perm,
                            "ngram": self.ngram, "keep": self.keep, "backend": self.backend, "exact": self.exact,
                            "partition_mb": self.partition_mb},
-            "removed": int((~found.keep).sum()),
+            "removed": self.removed,
             "quarantined": len(self.quarantined),
-            "clusters_with_duplicates": len(np.unique(found.cluster[~found.keep])),
+            "clusters_with_duplicates": self.clusters_with_duplicates,
             "index": self.index_name,
             "partitions_grouped": self.partitions,
+            "component_rounds": self.rounds,
             "seconds_by_pass": {k: round(v, 3) for k, v in self.seconds.items()},
         }  # fmt: skip
 
@@ -226,22 +240,14 @@ def sign_chunk(spec: SignSpec, chunk: tuple[int, int, pa.Array]) -> np.ndarray:
     number, base, texts = chunk
     work = Path(spec.work)
     signatures = minhash_signatures(texts, num_perm=spec.num_perm, ngram=spec.ngram, backend=spec.backend)
-    _save(work / f"sig-{number}.npy", signatures)
+    save_whole(work / f"sig-{number}.npy", signatures)
     if spec.exact:
-        hashes, offsets = shingle_sets(*shingle_hashes(texts, ngram=spec.ngram))
-        _save(work / f"shingles-{number}.npy", hashes)
-        _save(work / f"shingle-offsets-{number}.npy", offsets)
+        hashes, shingle_offsets = shingle_sets(*shingle_hashes(texts, ngram=spec.ngram))
+        save_whole(work / f"shingles-{number}.npy", hashes)
+        save_whole(work / f"shingle-offsets-{number}.npy", shingle_offsets)
     records, counts = band_records(signatures, base, spec.bands, spec.rows, FINE_PARTITIONS)
-    _save(work / f"bands-{number}.npy", records)
+    save_whole(work / f"bands-{number}.npy", records)
     return counts
-
-
-def _save(path: Path, array: np.ndarray) -> None:
-    """Whole or not at all: a retried task rewrites the same name."""
-    partial = path.with_name(path.name + f".{uuid.uuid4().hex}.partial")  # two nodes may share a pid
-    with open(partial, "wb") as handle:
-        np.save(handle, array)
-    os.replace(partial, path)
 
 
 @dataclass(frozen=True)
@@ -318,57 +324,26 @@ class ChunkStore:
             yield stored if len(local) == len(stored) else stored[local]
 
 
-def _offsets(counts: list[np.ndarray]) -> np.ndarray:
-    """(chunks, FINE_PARTITIONS + 1): where each fine partition starts in each chunk's band file."""
-    offsets = np.zeros((len(counts), FINE_PARTITIONS + 1), np.int64)
-    for chunk, partition_counts in enumerate(counts):
-        np.cumsum(partition_counts, out=offsets[chunk, 1:])
-    return offsets
-
-
-def _spans(offsets: np.ndarray, partition_mb: int, workers: int) -> list[tuple[int, int]]:
-    """Consecutive fine partitions grouped into ranges of at most `partition_mb` of band keys (a fine
-    partition larger than that is a range of its own), and into at least about `workers` ranges, so
-    that no worker of a cluster waits while one groups everything."""
-    sizes = (offsets[:, 1:] - offsets[:, :-1]).sum(axis=0) * RECORD_BYTES
-    budget = min(partition_mb << 20, max(1, -(-int(sizes.sum()) // workers)))
-    spans, start, held = [], 0, 0
-    for partition, size in enumerate(sizes):
-        if held and held + size > budget:
-            spans.append((start, partition))
-            start, held = partition, 0
-        held += size
-    if held:
-        spans.append((start, len(sizes)))
-    return spans
-
-
 @dataclass(frozen=True)
 class GroupSpec:
     store: ChunkStore
-    offsets: np.ndarray
+    table: np.ndarray  # where each fine partition starts in each chunk's band file
     threshold: float
 
 
-def group_partitions(spec: GroupSpec, span: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def group_partitions(spec: GroupSpec, item: tuple[int, tuple[int, int]]) -> np.ndarray:
     """The confirmed near-duplicate pairs among the buckets of fine partitions [span): band keys read
-    from every chunk, bucket neighbours paired, pairs kept whose similarity reaches the threshold."""
-    low, high = span
-    sizes = spec.offsets[:, high] - spec.offsets[:, low]
-    records = np.empty((int(sizes.sum()), 2), np.uint64)  # the span's band keys, read straight in
-    filled = 0
-    for chunk in np.flatnonzero(sizes):
-        stored = np.load(Path(spec.store.work) / f"bands-{chunk}.npy", mmap_mode="r")
-        records[filled : filled + sizes[chunk]] = stored[spec.offsets[chunk, low] : spec.offsets[chunk, high]]
-        filled += sizes[chunk]
-        del stored
-    first, second = bucket_pairs(records)
-    del records
+    from every chunk, bucket neighbours paired, pairs kept whose similarity reaches the threshold.
+    They are written as the first connected-components round's input; returns its count per partition."""
+    task, span = item
+    work = spec.store.work
+    files = [Path(work) / f"bands-{chunk}.npy" for chunk in range(len(spec.table))]
+    first, second = bucket_pairs(read_span(files, spec.table, span, np.uint64))
     total = int(spec.store.bases[-1]) + 1
     unique = np.unique(first * total + second)
     first, second = unique // total, unique % total
     confirmed = spec.store.similarity(first, second) >= spec.threshold
-    return first[confirmed], second[confirmed]
+    return save_edges(work, 0, task, first[confirmed], second[confirmed], both_ways=True)
 
 
 def _priority(batch: pa.RecordBatch, keep: str, text_field: str) -> np.ndarray:
@@ -382,7 +357,7 @@ def _priority(batch: pa.RecordBatch, keep: str, text_field: str) -> np.ndarray:
 @dataclass(frozen=True)
 class Duplicates:
     """The clusters of the rows that have a confirmed near-duplicate, by global row number; every other
-    row is a cluster of its own and kept. Memory follows the duplicates, not the corpus."""
+    row is a cluster of its own and kept."""
 
     rows: np.ndarray  # sorted
     cluster: np.ndarray  # the cluster's smallest row
@@ -391,16 +366,57 @@ class Duplicates:
     similarity: np.ndarray  # to the kept row, 1.0 where kept
 
 
-def _clusters(store: ChunkStore, first: np.ndarray, second: np.ndarray, keep: str) -> Duplicates:
-    """Connected components of the confirmed pairs and the row each keeps: highest priority (read back
-    for these rows only), then lowest row, as `cluster_duplicates` decides on the whole corpus."""
-    rows = np.unique(np.concatenate([first, second]))
-    root = union_find(len(rows), np.searchsorted(rows, first), np.searchsorted(rows, second))
-    by_order = keep == "first" or not len(rows)  # no priorities to read: lowest row wins
-    priority = np.zeros(len(rows)) if by_order else store.gather("priority", rows)
-    keeper = keepers(root, priority)
+VERDICT = np.dtype(
+    [("row", np.int64), ("cluster", np.int64), ("duplicate_of", np.int64), ("similarity", np.float64)]
+)
+
+
+def verdict_file(work: str, task: int) -> Path:
+    return Path(work) / f"verdict-{task}.npy"
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    store: ChunkStore
+    stars: Round  # the connected-components round whose input is the finished stars
+    keep: str
+
+
+def decide_clusters(spec: ClusterSpec, item: tuple[int, tuple[int, int]]) -> tuple[int, int]:
+    """The clusters whose smallest rows fall in fine partitions [span): the row each keeps (highest
+    priority, read back for these rows only, then lowest row, as `cluster_duplicates` decides on the
+    whole corpus) and every other member's similarity to it, written by row to this task's verdict
+    file. Returns the rows removed and the clusters decided."""
+    task, span = item
+    rows, centre = star_members(*spec.stars.edges(span))
+    by_order = spec.keep == "first" or not len(rows)  # no priorities to read: lowest row wins
+    priority = np.zeros(len(rows)) if by_order else spec.store.gather("priority", rows)
+    keeper = keepers(np.searchsorted(rows, centre), priority)
     kept = keeper == np.arange(len(rows))
     dropped = np.flatnonzero(~kept)
-    similarity = np.ones(len(rows))
-    similarity[dropped] = store.similarity(rows[dropped], rows[keeper[dropped]])
-    return Duplicates(rows, rows[root], kept, np.where(kept, -1, rows[keeper]), similarity)
+    verdicts = np.empty(len(rows), VERDICT)
+    verdicts["row"], verdicts["cluster"] = rows, centre
+    verdicts["duplicate_of"] = np.where(kept, -1, rows[keeper])
+    verdicts["similarity"] = 1.0
+    verdicts["similarity"][dropped] = spec.store.similarity(rows[dropped], rows[keeper[dropped]])
+    save_whole(verdict_file(spec.store.work, task), verdicts)
+    return len(dropped), int(kept.sum())
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """The verdict files of every cluster-deciding task, read one range of rows at a time."""
+
+    files: list[Path]
+
+    def between(self, start: int, stop: int) -> Duplicates:
+        pieces = []
+        for path in self.files:
+            stored = np.load(path, mmap_mode="r")
+            low, high = np.searchsorted(stored["row"], [start, stop])
+            pieces.append(np.array(stored[low:high]))
+            del stored
+        found = np.concatenate(pieces) if pieces else np.zeros(0, VERDICT)
+        found = found[np.argsort(found["row"], kind="stable")]
+        keep = found["duplicate_of"] == -1
+        return Duplicates(found["row"], found["cluster"], keep, found["duplicate_of"], found["similarity"])

@@ -56,8 +56,9 @@ _LISTED_SHARD = re.compile(rf"^(?:data|rejected)/{_SHARD_NAME}$")
 _EXTRA_FILE = re.compile(r"^[a-z][a-z0-9_]*-r\d+\.[a-z0-9]+$")  # a command's per-run file: index-r2.npz
 _SCRATCH_RUN = re.compile(r"^[0-9a-f]{32}$")  # one command's own scratch folder inside WORK
 _SCRATCH_FILE = re.compile(
-    r"^(?:sig|bands|priority|shingles|shingle-offsets)-\d+\.npy(?:\.[0-9a-f]{32}\.partial)?$"
-)  # what dedup's tasks write: sig-3.npy, and its partial while written
+    r"^(?:(?:sig|bands|priority|shingles|shingle-offsets|verdict)-\d+|edges-\d+-\d+)\.npy"
+    r"(?:\.[0-9a-f]{32}\.partial)?$"
+)  # what dedup's tasks write: sig-3.npy, edges-2-5.npy, and their partials while written
 _TOP_TEMPORARY = re.compile(
     r"^\.(?:manifest\.json|README\.md|report\.html|[a-z][a-z0-9_]*-r\d+\.[a-z0-9]+)\.tmp$"
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import random
 import re
@@ -14,6 +13,7 @@ import pytest
 
 from synthkiln.engine.corpus import run_corpus_command
 from synthkiln.engine.corpus.dedup import Dedup
+from synthkiln.engine.executor import LocalExecutor
 from synthkiln.kernels.lsh import cluster_duplicates
 from synthkiln.kernels.minhash import minhash_signatures, shingle_hashes
 from synthkiln.kernels.similarity import shingle_sets
@@ -48,8 +48,8 @@ def corpus(gsm8k_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
 def test_partitioned_clusters_equal_the_in_memory_ones(
     corpus, tmp_path: Path, keep: str, exact: bool
 ) -> None:
-    """Many signing batches and many partition ranges give exactly the in-memory pass's clusters,
-    kept rows, `duplicate_of` and similarities."""
+    """Many signing batches and many partition ranges (band keys, edges, clusters) give exactly the
+    in-memory pass's clusters, kept rows, `duplicate_of` and similarities."""
     path, texts = corpus
     lines = path.read_text().splitlines(keepends=True)
     halves = [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]  # global row numbers run across inputs
@@ -57,8 +57,10 @@ def test_partitioned_clusters_equal_the_in_memory_ones(
     halves[1].write_text("".join(lines[3333:]))
     command = Dedup("text", 0.7, keep=keep, exact=exact, partition_mb=1)
     command.batch_rows = 1000
-    manifest = run_corpus_command(command, halves, tmp_path / "out", progress=False)
-    assert manifest["partitions_grouped"] >= 2  # the 1 MB budget split the band keys
+    executor = LocalExecutor()
+    executor.workers = 4  # as many ranges as a 4-worker cluster gets, run here one after another
+    manifest = run_corpus_command(command, halves, tmp_path / "out", progress=False, executor=executor)
+    assert manifest["partitions_grouped"] >= 4
 
     signatures = minhash_signatures(texts)
     priority = {
@@ -68,24 +70,24 @@ def test_partitioned_clusters_equal_the_in_memory_ones(
     }[keep]
     shingles = shingle_sets(*shingle_hashes([t or "" for t in texts])) if exact else None
     reference = cluster_duplicates(signatures, 0.7, priority, shingles=shingles)
-    assert 1280 <= (~reference.keep).sum() < 1700  # at least the 1280 planted copies, found
-    found = command.duplicates  # the rows that have a near-duplicate; every other row is kept alone
-    sizes = np.bincount(reference.cluster, minlength=len(texts))
-    np.testing.assert_array_equal(found.rows, np.flatnonzero(sizes[reference.cluster] > 1))
-    np.testing.assert_array_equal(found.cluster, reference.cluster[found.rows])
-    np.testing.assert_array_equal(found.keep, reference.keep[found.rows])
-    np.testing.assert_array_equal(found.duplicate_of, reference.duplicate_of[found.rows])
-    np.testing.assert_allclose(found.similarity, reference.similarity[found.rows])
+    dropped = np.flatnonzero(~reference.keep & np.array([t is not None for t in texts]))
+    assert 1280 <= len(dropped) < 1700  # at least the 1280 planted copies, found
+    assert manifest["removed"] == len(dropped)
+    assert manifest["clusters_with_duplicates"] == len(np.unique(reference.cluster[dropped]))
 
     kept = pq.read_table(tmp_path / "out" / "data").column("text").to_pylist()
     assert kept == [t for t, k in zip(texts, reference.keep, strict=True) if k and t is not None]
-    removed = pq.read_table(tmp_path / "out" / "rejected").to_pylist()
+    removed = [
+        r for r in pq.read_table(tmp_path / "out" / "rejected").to_pylist() if r["reason"] == "near-duplicate"
+    ]
+    assert [r["text"] for r in removed] == [texts[row] for row in dropped]
+    assert [r["cluster_id"] for r in removed] == reference.cluster[dropped].tolist()
+    np.testing.assert_allclose([r["similarity"] for r in removed], reference.similarity[dropped], rtol=1e-6)
     named = [
         f"{halves[1].name}:{t - 3333}" if t >= 3333 else f"{halves[0].name}:{t}"
-        for t in reference.duplicate_of.tolist()
-        if t >= 0
+        for t in reference.duplicate_of[dropped].tolist()
     ]
-    assert [r["duplicate_of"] for r in removed if r["reason"] == "near-duplicate"] == named
+    assert [r["duplicate_of"] for r in removed] == named
     with np.load(tmp_path / "out" / manifest["index"]) as index:  # kept rows, named by input and row
         files, rows = index["files"].tolist(), index["rows"]
     kept_rows = np.flatnonzero(reference.keep & np.array([t is not None for t in texts]))
@@ -174,17 +176,3 @@ def test_a_corpus_without_duplicates_keeps_every_row(tmp_path: Path, keep: str) 
     assert pq.read_table(tmp_path / "out" / "data").column("text").to_pylist() == texts
     with np.load(tmp_path / "out" / manifest["index"]) as index:
         assert index["signatures"].shape == (50, 128) and index["rows"][:, 1].tolist() == list(range(50))
-
-
-def test_partition_ranges_give_every_worker_one() -> None:
-    from synthkiln.engine.corpus.dedup import FINE_PARTITIONS, RECORD_BYTES, _spans
-
-    counts = np.full((3, FINE_PARTITIONS), 640)  # 3 batches, 30 MB of band keys in all
-    offsets = np.concatenate([np.zeros((3, 1), np.int64), np.cumsum(counts, axis=1)], axis=1)
-    assert _spans(offsets, 256, workers=1) == [(0, FINE_PARTITIONS)]  # one range fits the budget
-    for workers in (2, 8):
-        spans = _spans(offsets, 256, workers)
-        assert len(spans) == workers and spans[0][0] == 0 and spans[-1][1] == FINE_PARTITIONS
-        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))  # consecutive, none skipped
-    assert counts.sum() * RECORD_BYTES == 30 << 20
-    assert len(_spans(offsets, 10, workers=1)) == 4  # the budget still caps a range: 341 partitions each
