@@ -10,6 +10,7 @@ windows of GSM8K train text with 1% holding a GSM8K test question (as in bench_d
 
     python benchmarks/bench_scale.py executors   # local vs Ray 1 and 2 workers
     python benchmarks/bench_scale.py memory      # 20M short documents: peak RSS, wall time
+    python benchmarks/bench_scale.py clusters    # 4M short documents, 3M of them near-duplicates
     python benchmarks/bench_scale.py render      # seed rows read and prompts rendered by one driver
 """
 
@@ -177,15 +178,58 @@ def sizing(runs: dict) -> dict:
 def memory(scratch: Path, documents: int) -> dict:
     source = scratch / "big.parquet"
     text_bytes = write_short(source, documents, seed=7)
+    return {**dedup_peak(scratch, source, text_bytes, documents), "target_peak_rss_GiB": 8}
+
+
+def clusters(scratch: Path, originals: int, copies: int) -> dict:
+    """A corpus that is mostly near-duplicates: the connected components hold most rows."""
+    source = scratch / "copies.parquet"
+    text_bytes = write_copies(source, originals, copies)
+    return {"originals": originals, "copies_each": copies,
+            **dedup_peak(scratch, source, text_bytes, originals * (copies + 1))}  # fmt: skip
+
+
+def write_copies(path: Path, originals: int, copies: int) -> int:
+    """`originals` bags of GSM8K sentences, each followed by `copies` near-copies (one word changed, so
+    each is a near-duplicate and none is exact); returns the text bytes."""
+    pool, writer, text_bytes = sentences(), None, 0
+    words = np.array(["lemon", "violin", "harbour", "quartz"])
+    for start in range(0, originals, 250_000):
+        texts = bags(pool, min(250_000, originals - start), seed=11 + start)
+        rng = np.random.default_rng(start)
+        rows = []
+        for text in texts:
+            split = text.split(" ")
+            rows.append(text)
+            for word in words[rng.integers(0, len(words), copies)]:
+                edited = split.copy()
+                edited[rng.integers(len(edited))] = word
+                rows.append(" ".join(edited))
+        text_bytes += sum(len(t) for t in rows)
+        first = start * (copies + 1)
+        table = pa.table(
+            {"id": np.arange(first, first + len(rows)), "text": pa.array(rows, pa.large_string())}
+        )
+        writer = writer or pq.ParquetWriter(path, table.schema, compression="zstd")
+        writer.write_table(table)
+    assert writer is not None
+    writer.close()
+    return text_bytes
+
+
+def dedup_peak(scratch: Path, source: Path, text_bytes: int, documents: int) -> dict:
+    """One `synthkiln dedup` of `source` at defaults: wall time, peak RSS, what it removed."""
+    out = scratch / "out"
+    shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "synthkiln.engine.cli", "dedup", str(source), "--out", str(scratch / "out"), "--quiet"],
+        [sys.executable, "-m", "synthkiln.engine.cli", "dedup", str(source), "--out", str(out), "--quiet"],
         capture_output=True, text=True,
     )  # fmt: skip
     wall = time.perf_counter() - started
     if done.returncode:
         raise SystemExit(done.stderr[-3000:])
-    manifest = json.loads((scratch / "out" / "manifest.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
     return {
         "documents": documents,
         "text_GB": round(text_bytes / 1e9, 2),
@@ -194,9 +238,10 @@ def memory(scratch: Path, documents: int) -> dict:
         "documents_per_second": round(documents / wall),
         "peak_rss_GiB": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 3),
         "removed": manifest["removed"],
+        "clusters_with_duplicates": manifest["clusters_with_duplicates"],
         "partitions_grouped": manifest["partitions_grouped"],
+        "component_rounds": manifest["component_rounds"],
         "seconds_by_pass": manifest["seconds_by_pass"],
-        "target_peak_rss_GiB": 8,
     }
 
 
@@ -228,7 +273,7 @@ def render(scratch: Path, rows: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["executors", "memory", "render"])
+    parser.add_argument("mode", choices=["executors", "memory", "clusters", "render"])
     parser.add_argument("--short-documents", type=int, default=1_000_000)
     parser.add_argument("--long-documents", type=int, default=200_000)
     parser.add_argument("--documents", type=int, default=20_000_000, help="memory mode")
@@ -239,6 +284,10 @@ def main() -> None:
             runs = executors(scratch, args.short_documents, args.long_documents)
             save_report("scale_cpu", {"benchmark": "scale", "runs": runs, "sizing": sizing(runs),
                                       "target_ray_overhead_at_equal_workers": 1.25})  # fmt: skip
+        elif args.mode == "clusters":
+            save_report(
+                "scale_clusters_cpu", {"benchmark": "dedup-clusters", **clusters(scratch, 1_000_000, 3)}
+            )
         elif args.mode == "render":
             save_report("scale_render_cpu", {"benchmark": "seeds-and-prompts", **render(scratch, 200_000)})
         else:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from synthkiln.kernels.arrays import distinct
+
 _LOW_BITS = np.uint64(0xFFFFFFFF)
 
 
@@ -22,7 +24,7 @@ def sorted_edges(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarr
     if not len(src):
         return src, dst
     if max(src.max(), dst.max()) <= 0xFFFFFFFF:  # one sort of packed pairs; else a two-key sort
-        packed = np.unique((src.astype(np.uint64) << np.uint64(32)) | dst.astype(np.uint64))
+        packed = distinct((src.astype(np.uint64) << np.uint64(32)) | dst.astype(np.uint64))
         return (packed >> np.uint64(32)).astype(np.int64), (packed & _LOW_BITS).astype(np.int64)
     order = np.lexsort((dst, src))
     src, dst = src[order], dst[order]
@@ -71,7 +73,7 @@ def star_members(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarr
     `src` covers: `(member, centre)` for every member, the centre included, sorted by member."""
     src, dst = sorted_edges(src, dst)
     leaves = dst > src  # a leaf has a single, smaller neighbour: a larger one is a centre's leaf
-    centres = np.unique(src[leaves])
+    centres = distinct(src[leaves])
     members = np.concatenate([centres, dst[leaves]])
     order = np.argsort(members, kind="stable")
     return members[order], np.concatenate([centres, src[leaves]])[order]

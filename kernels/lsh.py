@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from synthkiln.kernels.arrays import distinct
 from synthkiln.kernels.minhash import EMPTY
 from synthkiln.kernels.similarity import exact_jaccard_pairs, jaccard_pairs
 
@@ -64,7 +65,7 @@ def candidate_pairs(keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np
     ids = np.flatnonzero(valid).astype(np.uint64)
     tagged = np.concatenate([(np.uint64(band) << _BAND_SHIFT) | ids for band in range(len(keys))])
     first, second = bucket_pairs(np.stack([keys[:, valid].ravel(), tagged], axis=1))
-    unique = np.unique(first * (len(valid) + 1) + second)
+    unique = distinct(first * (len(valid) + 1) + second)
     return unique // (len(valid) + 1), unique % (len(valid) + 1)
 
 

@@ -34,8 +34,8 @@ from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.executor import LocalExecutor
 from synthkiln.engine.output.directory import OutputDirectory
 from synthkiln.engine.stages.dedup import save_index
-from synthkiln.kernels.components import star_members
-from synthkiln.kernels.lsh import band_records, bucket_pairs, keepers, optimal_bands
+from synthkiln.kernels.components import sorted_edges, star_members
+from synthkiln.kernels.lsh import band_records, bucket_pairs, keepers, optimal_bands, union_find
 from synthkiln.kernels.minhash import minhash_signatures, shingle_hashes
 from synthkiln.kernels.similarity import exact_jaccard_pairs, jaccard_pairs, shingle_sets
 
@@ -334,16 +334,20 @@ class GroupSpec:
 def group_partitions(spec: GroupSpec, item: tuple[int, tuple[int, int]]) -> np.ndarray:
     """The confirmed near-duplicate pairs among the buckets of fine partitions [span): band keys read
     from every chunk, bucket neighbours paired, pairs kept whose similarity reaches the threshold.
-    They are written as the first connected-components round's input; returns its count per partition."""
+    Their components are written as the first connected-components round's input; returns its count
+    per partition."""
     task, span = item
     work = spec.store.work
     files = [Path(work) / f"bands-{chunk}.npy" for chunk in range(len(spec.table))]
     first, second = bucket_pairs(read_span(files, spec.table, span, np.uint64))
-    total = int(spec.store.bases[-1]) + 1
-    unique = np.unique(first * total + second)
-    first, second = unique // total, unique % total
+    first, second = sorted_edges(first, second)
     confirmed = spec.store.similarity(first, second) >= spec.threshold
-    return save_edges(work, 0, task, first[confirmed], second[confirmed], both_ways=True)
+    # The range's own components as stars around their smallest rows: the same components in fewer
+    # edges, and where a cluster's pairs all fall in one range it is finished before the first round.
+    rows, local = np.unique(np.concatenate([first[confirmed], second[confirmed]]), return_inverse=True)
+    centre = union_find(len(rows), local[: len(local) // 2], local[len(local) // 2 :])
+    leaf = centre != np.arange(len(rows))
+    return save_edges(work, 0, task, rows[leaf], rows[centre[leaf]], both_ways=True)
 
 
 def _priority(batch: pa.RecordBatch, keep: str, text_field: str) -> np.ndarray:

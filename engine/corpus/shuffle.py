@@ -31,10 +31,10 @@ def save_whole(path: Path, array: np.ndarray) -> None:
 
 def save_by_row(path: Path, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Records `(row, value)` to `path`, sorted by the fine partition of `row`; the count per partition."""
-    partition = (rows.astype(np.uint64) * _SPREAD) >> _PARTITION_SHIFT
-    order = np.argsort(partition, kind="stable")
+    partition = ((rows.astype(np.uint64) * _SPREAD) >> _PARTITION_SHIFT).astype(np.uint16)
+    order = np.argsort(partition, kind="stable")  # a radix sort, for 16-bit keys
     save_whole(path, np.stack([rows[order], values[order]], axis=1))
-    return np.bincount(partition.astype(np.int64), minlength=FINE_PARTITIONS)
+    return np.bincount(partition, minlength=FINE_PARTITIONS)
 
 
 def offsets(counts: list[np.ndarray]) -> np.ndarray:
