@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,20 +40,29 @@ RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED":
 TB_PER_HOUR_MB_S = 1e6 / 3600  # 1 TB/h in MB/s
 
 
-def write_short(path: Path, documents: int, seed: int = 100) -> int:
-    """`documents` bags of GSM8K sentences as Parquet, written 1M at a time; returns the text bytes."""
-    pool, writer, text_bytes = sentences(), None, 0
-    for start in range(0, documents, 1_000_000):
-        texts = bags(pool, min(1_000_000, documents - start), seed=seed + start)
+def write_texts(path: Path, pieces: Iterator[list[str]]) -> int:
+    """Texts as one Parquet file (`id`, `text`), written a piece at a time; returns the text bytes."""
+    writer, text_bytes, first = None, 0, 0
+    for texts in pieces:
         text_bytes += sum(len(t) for t in texts)
         table = pa.table(
-            {"id": np.arange(start, start + len(texts)), "text": pa.array(texts, pa.large_string())}
+            {"id": np.arange(first, first + len(texts)), "text": pa.array(texts, pa.large_string())}
         )
+        first += len(texts)
         writer = writer or pq.ParquetWriter(path, table.schema, compression="zstd")
         writer.write_table(table)
     assert writer is not None
     writer.close()
     return text_bytes
+
+
+def write_short(path: Path, documents: int, seed: int = 100) -> int:
+    """`documents` bags of GSM8K sentences, 1M at a time."""
+    pool = sentences()
+    return write_texts(
+        path,
+        (bags(pool, min(1_000_000, documents - s), seed=seed + s) for s in range(0, documents, 1_000_000)),
+    )
 
 
 def write_long(path: Path, documents: int, size: int = 2_000) -> int:
@@ -191,30 +201,22 @@ def clusters(scratch: Path, originals: int, copies: int) -> dict:
 
 def write_copies(path: Path, originals: int, copies: int) -> int:
     """`originals` bags of GSM8K sentences, each followed by `copies` near-copies (one word changed, so
-    each is a near-duplicate and none is exact); returns the text bytes."""
-    pool, writer, text_bytes = sentences(), None, 0
-    words = np.array(["lemon", "violin", "harbour", "quartz"])
-    for start in range(0, originals, 250_000):
-        texts = bags(pool, min(250_000, originals - start), seed=11 + start)
-        rng = np.random.default_rng(start)
-        rows = []
-        for text in texts:
-            split = text.split(" ")
-            rows.append(text)
-            for word in words[rng.integers(0, len(words), copies)]:
-                edited = split.copy()
-                edited[rng.integers(len(edited))] = word
-                rows.append(" ".join(edited))
-        text_bytes += sum(len(t) for t in rows)
-        first = start * (copies + 1)
-        table = pa.table(
-            {"id": np.arange(first, first + len(rows)), "text": pa.array(rows, pa.large_string())}
-        )
-        writer = writer or pq.ParquetWriter(path, table.schema, compression="zstd")
-        writer.write_table(table)
-    assert writer is not None
-    writer.close()
-    return text_bytes
+    each is a near-duplicate and none is exact)."""
+    pool, words = sentences(), np.array(["lemon", "violin", "harbour", "quartz"])
+
+    def pieces() -> Iterator[list[str]]:
+        for start in range(0, originals, 250_000):
+            rng, rows = np.random.default_rng(start), []
+            for text in bags(pool, min(250_000, originals - start), seed=11 + start):
+                split = text.split(" ")
+                rows.append(text)
+                for word in words[rng.integers(0, len(words), copies)]:
+                    edited = split.copy()
+                    edited[rng.integers(len(edited))] = word
+                    rows.append(" ".join(edited))
+            yield rows
+
+    return write_texts(path, pieces())
 
 
 def dedup_peak(scratch: Path, source: Path, text_bytes: int, documents: int) -> dict:
