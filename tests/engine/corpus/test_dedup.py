@@ -12,9 +12,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from synthkiln.engine.corpus import run_corpus_command
-from synthkiln.engine.corpus.dedup import Dedup
+from synthkiln.engine.corpus.components import Round, connected_components, save_edges
+from synthkiln.engine.corpus.dedup import (
+    VERDICT,
+    ChunkStore,
+    ClusterSpec,
+    Dedup,
+    Verdicts,
+    decide_clusters,
+    verdict_file,
+)
+from synthkiln.engine.corpus.shuffle import offsets, save_whole
 from synthkiln.engine.executor import LocalExecutor
-from synthkiln.kernels.lsh import cluster_duplicates
+from synthkiln.kernels.lsh import cluster_duplicates, keepers, union_find
 from synthkiln.kernels.minhash import minhash_signatures, shingle_hashes
 from synthkiln.kernels.similarity import shingle_sets
 
@@ -176,3 +186,45 @@ def test_a_corpus_without_duplicates_keeps_every_row(tmp_path: Path, keep: str) 
     assert pq.read_table(tmp_path / "out" / "data").column("text").to_pylist() == texts
     with np.load(tmp_path / "out" / manifest["index"]) as index:
         assert index["signatures"].shape == (50, 128) and index["rows"][:, 1].tolist() == list(range(50))
+
+
+def test_keepers_after_many_component_rounds(tmp_path: Path) -> None:
+    """Clusters that take several rounds (a long chain) get the kept row `keepers` picks on the whole
+    graph: highest `--keep longest` priority, ties to the lowest row, with each removed row's estimated
+    similarity to it; verdicts read back by row range, an empty verdict file among them."""
+    rng = np.random.default_rng(5)
+    count = 3000
+    signatures = rng.integers(0, 4, size=(count, 128)).astype(np.uint32)  # pairs agree on ~1/4
+    priority = rng.integers(0, 4, count).astype(np.float64)  # many ties
+    for chunk in range(3):
+        save_whole(tmp_path / f"sig-{chunk}.npy", signatures[chunk * 1000 : (chunk + 1) * 1000])
+        save_whole(tmp_path / f"priority-{chunk}.npy", priority[chunk * 1000 : (chunk + 1) * 1000])
+    store = ChunkStore(str(tmp_path), np.array([0, 1000, 2000, 3000]), exact=False)
+    chain = rng.permutation(count)[:1200]
+    first = np.concatenate([chain[:-1], rng.integers(0, count, 600)])
+    second = np.concatenate([chain[1:], rng.integers(0, count, 600)])
+    first, second = first[first != second], second[first != second]
+    counts = [save_edges(str(tmp_path), 0, 0, first, second, both_ways=True)]
+    executor = LocalExecutor()
+    executor.workers = 4
+    stars, ranges = connected_components(executor, Round(str(tmp_path), 0, offsets(counts)), partition_mb=256)
+    assert stars.number >= 4 and len(ranges) >= 4
+    decided = [
+        r for _, r in executor.map(decide_clusters, ClusterSpec(store, stars, "longest"), enumerate(ranges))
+    ]
+    save_whole(verdict_file(str(tmp_path), len(ranges)), np.zeros(0, VERDICT))  # a range without centres
+    verdicts = Verdicts([verdict_file(str(tmp_path), task) for task in range(len(ranges) + 1)])
+
+    cluster = union_find(count, first, second)
+    keeper = keepers(cluster, priority)
+    nodes = np.unique(np.concatenate([first, second]))
+    dropped = nodes[keeper[nodes] != nodes]
+    assert len(dropped) > 1000 and sum(removed for removed, _ in decided) == len(dropped)
+    found = verdicts.between(0, count)
+    np.testing.assert_array_equal(found.rows, nodes)
+    np.testing.assert_array_equal(found.cluster, cluster[nodes])
+    np.testing.assert_array_equal(found.duplicate_of, np.where(keeper[nodes] == nodes, -1, keeper[nodes]))
+    expected = (signatures[dropped] == signatures[keeper[dropped]]).mean(axis=1)
+    np.testing.assert_allclose(found.similarity[~found.keep], expected)
+    middle = verdicts.between(1000, 2000)
+    np.testing.assert_array_equal(middle.rows, nodes[(nodes >= 1000) & (nodes < 2000)])
