@@ -21,6 +21,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -255,7 +256,8 @@ class CorpusCommand(ABC):
 
     def extra_files(self, directory: OutputDirectory, run: int) -> list[str]:
         """Files beside the shards, written before the manifest and named per `run` (``NAME-rRUN.EXT``)
-        so that a crash before the commit leaves the previous run's intact."""
+        so that a crash before the commit leaves the previous run's intact. Called on a thread of its
+        own while the shards are written: it may read what `prepare` left, never what `split` changes."""
         return []
 
     @abstractmethod
@@ -279,8 +281,10 @@ def run_corpus_command(
     with OutputDirectory(out_dir, command.output_format, fresh) as directory, directory.scratch() as work:
         command.prepare(sources, progress, executor, work)
         run = int((directory.previous or {}).get("runs", 0)) + 1
-        shards = _write_shards(command, sources, directory, run, executor, progress)
-        files = command.extra_files(directory, run)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="extra-files") as beside:
+            files = beside.submit(command.extra_files, directory, run)  # dedup's index, beside the shards
+            shards = _write_shards(command, sources, directory, run, executor, progress)
+            files = files.result()
         manifest = {
             "inputs": [str(s.path) for s in sources],
             "runs": run,
