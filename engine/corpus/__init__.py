@@ -20,8 +20,9 @@ import queue
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -217,6 +218,7 @@ def check_fields(sources: list[Source], fields: dict[str, str]) -> None:
 
 
 SHARD_BYTES = 256 << 20  # rows held before a shard is written: memory stays bounded on a big input
+SHARD_WRITERS = 2  # shards compressed and written side by side (zstd in Arrow is one thread per shard)
 READ_AHEAD = 2  # batches decoded ahead of the one being worked on
 Item = TypeVar("Item")
 
@@ -312,7 +314,6 @@ def _write_shards(
     """Each input's kept and rejected rows as shards (one per input, or pieces of `SHARD_BYTES` for a big
     one), numbered in input order; the command's judge (if any) runs on the executor, ahead of the batches being
     split here."""
-    shards: dict[str, list[dict[str, Any]]] = {"data": [], "rejected": []}
     name = command.output_format.split("-", 1)[1].split("/")[0]
     judge = command.judge()
     fn, shared = judge if judge is not None else (_nothing, None)
@@ -327,6 +328,8 @@ def _write_shards(
         read = sorted({f.split(".", 1)[0] for f in command.fields()})
         results = executor.map(fn, shared, batches, payload=lambda item: compact(item[2], read))
     held: dict[str, list[pa.RecordBatch]] = {"data": [], "rejected": []}
+    writing: dict[str, list[Future[dict[str, Any]]]] = {"data": [], "rejected": []}
+    in_flight: deque[Future[dict[str, Any]]] = deque()
 
     def flush(folder: str) -> None:
         batches = held[folder]
@@ -335,12 +338,22 @@ def _write_shards(
             table = pa.concat_tables(
                 [pa.Table.from_batches([b]) for b in batches], promote_options="permissive"
             )
-            number = len(shards[folder])  # in writing order, which the names sort in
-            shards[folder].append(directory.write_shard(table, f"{folder}/part-r{run}-{number:05d}.parquet"))
+            number = len(writing[folder])  # in writing order, which the names sort in
+            if len(in_flight) >= SHARD_WRITERS:  # bounds the rows held to SHARD_WRITERS shards
+                in_flight.popleft().result()
+            written = writers.submit(
+                directory.write_shard, table, f"{folder}/part-r{run}-{number:05d}.parquet"
+            )
+            writing[folder].append(written)
+            in_flight.append(written)
         batches.clear()
 
     current = None
-    with contextlib.closing(batches), tqdm(desc=name, unit="row", disable=not progress) as bar:
+    with (
+        contextlib.closing(batches),
+        tqdm(desc=name, unit="row", disable=not progress) as bar,
+        ThreadPoolExecutor(SHARD_WRITERS, thread_name_prefix="shards") as writers,
+    ):
         for (number, source, batch), judged in results:
             if number != current and current is not None:
                 flush("data")
@@ -363,7 +376,7 @@ def _write_shards(
             bar.update(len(batch))
         flush("data")
         flush("rejected")
-    return shards
+        return {folder: [shard.result() for shard in futures] for folder, futures in writing.items()}
 
 
 def _nothing(shared: Any, batch: Any) -> None:

@@ -98,6 +98,10 @@ def test_partitioned_clusters_equal_the_in_memory_ones(
         for t in reference.duplicate_of[dropped].tolist()
     ]
     assert [r["duplicate_of"] for r in removed] == named
+    assert [r["detail"] for r in removed] == [
+        f"near-duplicate of {name} (estimated Jaccard {similarity:.2f})"
+        for name, similarity in zip(named, reference.similarity[dropped].tolist(), strict=True)
+    ]
     with np.load(tmp_path / "out" / manifest["index"]) as index:  # kept rows, named by input and row
         files, rows = index["files"].tolist(), index["rows"]
     kept_rows = np.flatnonzero(reference.keep & np.array([t is not None for t in texts]))
