@@ -15,6 +15,7 @@ binary is decoded (invalid UTF-8 becomes null, for the command to quarantine).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import queue
 import threading
@@ -89,8 +90,9 @@ class Source:
 
     def table(self) -> pa.Table:
         """The whole file as one table."""
-        batches = list(self._read(1 << 20))
-        return pa.Table.from_batches(batches) if batches else pa.table({})
+        batches = [pa.Table.from_batches([batch]) for batch in self._read(1 << 20)]
+        # a JSONL file read partly line by line may type a field differently in its later rows
+        return pa.concat_tables(batches, promote_options="permissive") if batches else pa.table({})
 
     def _read(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
         name = self.path.name
@@ -105,18 +107,54 @@ class Source:
             raise SynthkilnError(f"{self.path}: cannot read: {exc}") from None
 
 
+JSON_BLOCK = 4 << 20  # bytes of a JSONL file parsed at a time (Arrow reads ~30 ahead): memory stays bounded
+
+
 def _read_jsonl(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """Arrow's fast JSON reader; on a malformed file, a line-by-line read that names the bad line."""
+    """Arrow's streaming JSON reader, a block at a time, cut into batches of `batch_rows`. Where it
+    cannot go on (a malformed line, invalid UTF-8, a field whose type changes or that first appears
+    after the first block), the rest of the file is read line by line: the same rows, and a bad line
+    named."""
+    done = 0
+    kinds: dict[str, tuple[str, int]] = {}
     try:
-        table = pa_json.read_json(path)
-        table.validate(full=True)  # the reader passes invalid UTF-8 through; full validation catches it
+        blocks = pa_json.open_json(path, read_options=pa_json.ReadOptions(block_size=JSON_BLOCK))
+        for batch in _rebatch(blocks, batch_rows):
+            batch.validate(full=True)  # the reader passes invalid UTF-8 through; full validation catches it
+            yield batch
+            done += len(batch)
+        return
     except pa.ArrowInvalid:
-        rows = list(_records(path))
-        try:
-            table = pa.Table.from_pylist(rows)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            raise SynthkilnError(_mixed_types(path, rows)) from None
-    yield from table.to_batches(max_chunksize=batch_rows)
+        kinds = {name: (kind, 1) for name, kind in _arrow_kinds(blocks.schema).items()} if done else {}
+    rows: list[dict[str, Any]] = []
+    for number, record in enumerate(itertools.islice(_records(path), done, None), start=done + 1):
+        _check_kinds(path, number, record, kinds)
+        rows.append(record)
+        if len(rows) == batch_rows:
+            yield _batch_of(rows)
+            rows = []
+    if rows:
+        yield _batch_of(rows)
+
+
+def _batch_of(rows: list[dict[str, Any]]) -> pa.RecordBatch:
+    """Rows as a batch with every field any of them holds (`from_pylist` takes the first row's only)."""
+    return pa.RecordBatch.from_struct_array(pa.array(rows))
+
+
+def _rebatch(blocks: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """The blocks' rows in batches of `rows` (the last one shorter)."""
+    held: list[pa.RecordBatch] = []
+    count = 0
+    for block in blocks:
+        held.append(block)
+        count += len(block)
+        while count >= rows:
+            table = pa.Table.from_batches(held).combine_chunks()
+            yield table.slice(0, rows).to_batches()[0]
+            held, count = table.slice(rows).to_batches(), count - rows
+    if count:
+        yield pa.Table.from_batches(held).combine_chunks().to_batches()[0]
 
 
 def _records(path: Path) -> Iterator[dict[str, Any]]:
@@ -137,22 +175,42 @@ def _records(path: Path) -> Iterator[dict[str, Any]]:
             yield record
 
 
-def _mixed_types(path: Path, rows: list[dict[str, Any]]) -> str:
-    """Name the first line whose field holds another kind of value than the same field above it."""
-    kinds: dict[str, tuple[str, int]] = {}
-    for number, row in enumerate(rows, start=1):
-        for key, value in row.items():
-            if value is None:
-                continue
-            kind = (
-                "number"
-                if isinstance(value, int | float) and not isinstance(value, bool)
-                else type(value).__name__
+def _kind(value: Any) -> str:
+    return (
+        "number" if isinstance(value, int | float) and not isinstance(value, bool) else type(value).__name__
+    )
+
+
+def _arrow_kinds(schema: pa.Schema) -> dict[str, str]:
+    """The kind of Python value each typed field of the rows already read holds (`_kind`'s names)."""
+    kinds = {}
+    for field in schema:
+        kind = field.type
+        if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+            kinds[field.name] = "number"
+        elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            kinds[field.name] = "str"
+        elif pa.types.is_boolean(kind):
+            kinds[field.name] = "bool"
+        elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
+            kinds[field.name] = "list"
+        elif pa.types.is_struct(kind):
+            kinds[field.name] = "dict"
+    return kinds
+
+
+def _check_kinds(path: Path, number: int, record: dict[str, Any], kinds: dict[str, tuple[str, int]]) -> None:
+    """Row `number` holds the same kind of value in each field as the rows above it (`kinds`: the
+    first kind seen per field, and its row), which Arrow needs to read them as one table."""
+    for key, value in record.items():
+        if value is None:
+            continue
+        kind = _kind(value)
+        first = kinds.setdefault(key, (kind, number))
+        if first[0] != kind:
+            raise SynthkilnError(
+                f"{path}: row {number}: field '{key}' holds a {kind}, row {first[1]} a {first[0]}"
             )
-            first = kinds.setdefault(key, (kind, number))
-            if first[0] != kind:
-                return f"{path}: row {number}: field '{key}' holds a {kind}, row {first[1]} a {first[0]}"
-    return f"{path}: rows of mixed types that Arrow cannot read as one table"
 
 
 def _decode_binary(batch: pa.RecordBatch, name: str) -> pa.RecordBatch:
