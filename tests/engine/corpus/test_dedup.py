@@ -71,6 +71,7 @@ def test_partitioned_clusters_equal_the_in_memory_ones(
     executor.workers = 4  # as many ranges as a 4-worker cluster gets, run here one after another
     manifest = run_corpus_command(command, halves, tmp_path / "out", progress=False, executor=executor)
     assert manifest["partitions_grouped"] >= 4
+    assert manifest["component_rounds"] >= 2  # clusters across ranges, joined by the rounds
 
     signatures = minhash_signatures(texts)
     priority = {
