@@ -16,17 +16,26 @@ def jaccard_from_signatures(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     return np.where(_empty(left) | _empty(right), 0.0, agree)
 
 
-def jaccard_pairs(
-    signatures: np.ndarray, first: np.ndarray, second: np.ndarray, chunk: int = 65536
-) -> np.ndarray:
-    """Estimates for index pairs (first[i], second[i]) of one signature array, in bounded memory."""
+def jaccard_pairs(signatures: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Estimates for index pairs (first[i], second[i]) of one signature array, as
+    `jaccard_from_signatures` gives them, counted in place (no gathered copies of the pairs' rows)."""
     out = np.empty(len(first), dtype=np.float64)
-    for start in range(0, len(first), chunk):
-        stop = start + chunk
-        out[start:stop] = jaccard_from_signatures(
-            signatures[first[start:stop]], signatures[second[start:stop]]
-        )
+    _agreement(signatures, first.astype(np.int64, copy=False), second.astype(np.int64, copy=False), out)
     return out
+
+
+@njit(parallel=True, cache=True)
+def _agreement(signatures: np.ndarray, first: np.ndarray, second: np.ndarray, out: np.ndarray) -> None:
+    num_perm = signatures.shape[1]
+    for i in prange(first.size):
+        a, b = first[i], second[i]
+        same, empty_a, empty_b = 0, True, True
+        for j in range(num_perm):
+            left, right = signatures[a, j], signatures[b, j]
+            same += left == right
+            empty_a &= left == EMPTY
+            empty_b &= right == EMPTY
+        out[i] = 0.0 if empty_a or empty_b else same / num_perm
 
 
 def jaccard_one_vs_many(signature: np.ndarray, many: np.ndarray) -> np.ndarray:

@@ -25,8 +25,15 @@ def test_pairs_and_one_vs_many_agree_with_rowwise() -> None:
     signatures = minhash_signatures(TEXTS)
     rowwise = jaccard_from_signatures(signatures[[0, 0, 0]], signatures[[1, 2, 3]])
     assert rowwise[0] > 0.6 and rowwise[1] < 0.1 and rowwise[2] == 0.0
-    pairs = jaccard_pairs(signatures, np.array([0, 0, 0]), np.array([1, 2, 3]), chunk=2)
+    pairs = jaccard_pairs(signatures, np.array([0, 0, 0]), np.array([1, 2, 3]))
     assert np.array_equal(pairs, rowwise)
+    rng = np.random.default_rng(0)  # many pairs, rows with any share of agreeing permutations
+    many_rows = np.where(rng.random((300, 128)) < 0.5, signatures[0], signatures[2])
+    many_rows[7] = signatures[3]  # an empty document among them
+    first, second = rng.integers(0, 300, 5000), rng.integers(0, 300, 5000)
+    expected = jaccard_from_signatures(many_rows[first], many_rows[second])
+    assert len(np.unique(expected)) > 20 and (expected == 0).any()
+    assert np.array_equal(jaccard_pairs(many_rows, first, second), expected)
     many = jaccard_one_vs_many(signatures[0], signatures)
     assert many[0] == 1.0 and np.array_equal(many[1:], rowwise)
 
