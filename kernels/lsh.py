@@ -69,6 +69,7 @@ def candidate_pairs(keys: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np
     return unique // (len(valid) + 1), unique % (len(valid) + 1)
 
 
+_SPREAD_BLOCKS = 16  # blocks of records counted and spread side by side (more than the cores we expect)
 _BAND_SHIFT = np.uint64(56)  # a band key's record: the band in the top 8 bits of its row number
 _ROW_MASK = np.uint64((1 << 56) - 1)
 
@@ -82,25 +83,35 @@ def bucket_pairs(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     split into any partitions by key give the same pairs as all of them at once: the disk-partitioned
     dedup relies on it.
 
-    Keys are spread by their top 16 bits (one counting pass), then the small groups are sorted on all
-    cores: equal keys meet without sorting the whole array, which is the slow part at tens of millions
-    of keys. A group of n records has at most n - 1 pairs, so each group writes its pairs where its
+    Keys are spread by their top 16 bits (counted and placed a block of records per core), then the
+    small groups are sorted on all cores: equal keys meet without sorting the whole array, which is
+    the slow part at tens of millions of keys. A group of n records has at most n - 1 pairs, so each group writes its pairs where its
     records were spread, and no core waits for another's count.
     """
     count = records.shape[0]
+    # Counted and spread a block of records per core: each block writes its own slots of every group.
+    per_block = -(-count // _SPREAD_BLOCKS)
+    place = np.zeros((_SPREAD_BLOCKS, 1 << 16), np.int64)
+    for block in prange(_SPREAD_BLOCKS):
+        for i in range(block * per_block, min(count, (block + 1) * per_block)):
+            place[block, records[i, 0] >> np.uint64(48)] += 1
     starts = np.zeros((1 << 16) + 1, np.int64)
-    for i in range(count):
-        starts[(records[i, 0] >> np.uint64(48)) + 1] += 1
+    at = 0
     for group in range(1 << 16):
-        starts[group + 1] += starts[group]
-    place = starts[:-1].copy()
+        starts[group] = at
+        for block in range(_SPREAD_BLOCKS):  # a block's first slot in the group
+            held = place[block, group]
+            place[block, group] = at
+            at += held
+    starts[1 << 16] = at
     spread_keys = np.empty(count, np.uint64)
     spread_tagged = np.empty(count, np.uint64)
-    for i in range(count):
-        group = records[i, 0] >> np.uint64(48)
-        spread_keys[place[group]] = records[i, 0]
-        spread_tagged[place[group]] = records[i, 1]
-        place[group] += 1
+    for block in prange(_SPREAD_BLOCKS):
+        for i in range(block * per_block, min(count, (block + 1) * per_block)):
+            group = records[i, 0] >> np.uint64(48)
+            spread_keys[place[block, group]] = records[i, 0]
+            spread_tagged[place[block, group]] = records[i, 1]
+            place[block, group] += 1
     found = np.zeros(1 << 16, np.int64)
     for group in prange(1 << 16):
         low, high = starts[group], starts[group + 1]
