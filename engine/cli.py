@@ -7,9 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from synthkiln.engine.controller import describe as describe_steering
 from synthkiln.engine.errors import SynthkilnError
-from synthkiln.engine.output.card import describe_cost
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,6 +281,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def format_funnel(manifest: dict[str, Any]) -> str:
+    from synthkiln.engine.controller import describe as describe_steering
+    from synthkiln.engine.output.card import describe_cost
+
     funnel = manifest["funnel"]
     lines = [
         f"prompts   {funnel['prompts']:>8}",

@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 
 from synthkiln.engine.corpus import CorpusCommand, Source, compact, read_ahead
 from synthkiln.engine.corpus.components import Round, connected_components, save_edges
+from synthkiln.engine.corpus.index import save_index
 from synthkiln.engine.corpus.shuffle import FINE_PARTITIONS, offsets, read_span, save_whole, spans
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.executor import LocalExecutor
 from synthkiln.engine.output.directory import OutputDirectory
-from synthkiln.engine.stages.dedup import save_index
 from synthkiln.kernels.components import sorted_edges, star_members
 from synthkiln.kernels.lsh import band_records, bucket_pairs, keepers, optimal_bands, union_find
 from synthkiln.kernels.minhash import minhash_signatures, shingle_hashes

@@ -1,5 +1,6 @@
-"""Near-duplicate removal with MinHash + LSH: the streaming pipeline stage and the
-index it persists (the corpus command is :mod:`synthkiln.engine.corpus.dedup`).
+"""Near-duplicate removal with MinHash + LSH: the streaming pipeline stage (the corpus command is
+:mod:`synthkiln.engine.corpus.dedup`, the index it writes for `dedup.against`
+:mod:`synthkiln.engine.corpus.index`).
 
 Both share the kernels: signatures (:mod:`synthkiln.kernels.minhash`), bands, candidates confirmed by
 signature agreement and clusters (:mod:`synthkiln.kernels.lsh`).
@@ -7,16 +8,14 @@ signature agreement and clusters (:mod:`synthkiln.kernels.lsh`).
 
 from __future__ import annotations
 
-import zipfile
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from synthkiln.engine.corpus import iter_sources
+from synthkiln.engine.corpus.index import corpus_index, load_index
 from synthkiln.engine.errors import SynthkilnError
-from synthkiln.engine.output.directory import MANIFEST, atomic_path, read_manifest
 from synthkiln.engine.stages.base import Stage
 from synthkiln.kernels.lsh import StreamingIndex
 from synthkiln.kernels.minhash import SCHEME, minhash_signatures
@@ -98,7 +97,7 @@ class NearDuplicates(Stage):
         self._ids = ids
 
     def _add_corpus(self, path: Path) -> None:
-        index = _corpus_index(path)
+        index = corpus_index(path)
         if index is not None:
             signatures, names = load_index(index, self.num_perm, self.ngram)
             self._index = StreamingIndex.of(
@@ -112,75 +111,6 @@ class NearDuplicates(Stage):
                 duplicate_of, _ = self._index.add(self.signatures(texts))
                 names = [f"{source.path.name}:{source.row_base + i}" for i in range(len(batch))]
                 self._ids.extend(name for name, target in zip(names, duplicate_of, strict=True) if target < 0)
-
-
-def _corpus_index(path: Path) -> Path | None:
-    """The signature index of a `synthkiln dedup` output directory (named in its manifest), if any."""
-    if not (path / MANIFEST).is_file():
-        return None
-    name = read_manifest(path).get("index")
-    return path / name if name and (path / name).is_file() else None
-
-
-def save_index(
-    path: Path,
-    signatures: Iterable[np.ndarray],
-    rows: Iterable[np.ndarray],
-    count: int,
-    files: list[str],
-    num_perm: int,
-    ngram: int,
-) -> None:
-    """Signatures of `count` kept documents and where they came from (`files[rows[i, 0]]`, row
-    `rows[i, 1]`), both given in pieces and streamed to disk (a corpus's index can be larger than
-    memory), reusable as `dedup.against` without re-hashing the corpus. The file is what `np.savez`
-    writes."""
-    small = {
-        "files": np.array(files, dtype=str),
-        "num_perm": np.array(num_perm),
-        "ngram": np.array(ngram),
-        "scheme": np.array(SCHEME),
-    }
-    with atomic_path(path) as temporary, zipfile.ZipFile(temporary, "w", allowZip64=True) as archive:
-        _stream_array(archive, "signatures", signatures, np.uint32, (count, num_perm))
-        _stream_array(archive, "rows", rows, np.int64, (count, 2))
-        for name, array in small.items():
-            with archive.open(f"{name}.npy", "w", force_zip64=True) as entry:
-                np.lib.format.write_array(entry, array, allow_pickle=False)
-
-
-def _stream_array(
-    archive: zipfile.ZipFile, name: str, pieces: Iterable[np.ndarray], dtype: type, shape: tuple[int, int]
-) -> None:
-    """One `.npy` member of `shape`, written piece by piece."""
-    with archive.open(f"{name}.npy", "w", force_zip64=True) as entry:
-        header = {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape}
-        np.lib.format.write_array_header_2_0(entry, header)
-        written = 0
-        for piece in filter(len, pieces):  # an empty piece has no bytes to view
-            entry.write(memoryview(np.ascontiguousarray(piece, dtype=dtype)).cast("B"))
-            written += len(piece)
-        if written != shape[0]:
-            raise AssertionError(f"{name}: {shape[0]} rows announced, {written} written")
-
-
-def load_index(path: Path, num_perm: int, ngram: int) -> tuple[np.ndarray, list[str]]:
-    """The signatures and `file:row` names of a saved index; refuses one built with other parameters."""
-    with np.load(path, allow_pickle=False) as stored:
-        scheme = int(stored["scheme"]) if "scheme" in stored else 1
-        if scheme != SCHEME:
-            raise SynthkilnError(
-                f"{path}: signatures of hashing scheme {scheme}, this synthkiln computes scheme {SCHEME}; "
-                "run `synthkiln dedup` on that corpus again to rebuild the index"
-            )
-        if int(stored["num_perm"]) != num_perm or int(stored["ngram"]) != ngram:
-            raise SynthkilnError(
-                f"{path}: built with num_perm={int(stored['num_perm'])}, ngram={int(stored['ngram'])}; "
-                f"this run uses num_perm={num_perm}, ngram={ngram}"
-            )
-        files = stored["files"].tolist()
-        names = [f"{files[f]}:{r}" for f, r in stored["rows"].tolist()]
-        return stored["signatures"], names
 
 
 def _empty(signatures: np.ndarray) -> np.ndarray:
