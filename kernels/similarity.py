@@ -19,6 +19,12 @@ def jaccard_from_signatures(left: np.ndarray, right: np.ndarray) -> np.ndarray:
 def jaccard_pairs(signatures: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Estimates for index pairs (first[i], second[i]) of one signature array, as
     `jaccard_from_signatures` gives them, counted in place (no gathered copies of the pairs' rows)."""
+    if len(first) != len(second):
+        raise ValueError(f"{len(first)} first rows but {len(second)} second rows")
+    if len(first) and not (
+        min(first.min(), second.min()) >= 0 and max(first.max(), second.max()) < len(signatures)
+    ):
+        raise IndexError(f"pair rows outside the {len(signatures)} signatures")  # Numba would read past them
     out = np.empty(len(first), dtype=np.float64)
     _agreement(signatures, first.astype(np.int64, copy=False), second.astype(np.int64, copy=False), out)
     return out

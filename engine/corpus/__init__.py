@@ -66,7 +66,7 @@ class Source:
                 if first is None:
                     return None
                 schema = pa.Table.from_pylist([first]).schema
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
             raise SynthkilnError(f"{self.path}: cannot read: {exc}") from None
         if self.text_field is not None:
             self._text_type(schema)
@@ -103,7 +103,7 @@ class Source:
                 yield from _read_jsonl(self.path, batch_rows)
             else:
                 raise SynthkilnError(f"{self.path}: unknown format (use .jsonl, .jsonl.gz or .parquet)")
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
             raise SynthkilnError(f"{self.path}: cannot read: {exc}") from None
 
 
@@ -115,8 +115,7 @@ def _read_jsonl(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
     cannot go on (a malformed line, invalid UTF-8, a field whose type changes or that first appears
     after the first block), the rest of the file is read line by line: the same rows, and a bad line
     named."""
-    done = 0
-    kinds: dict[str, tuple[str, int]] = {}
+    done, blocks = 0, None
     try:
         blocks = pa_json.open_json(path, read_options=pa_json.ReadOptions(block_size=JSON_BLOCK))
         for batch in _rebatch(blocks, batch_rows):
@@ -125,21 +124,57 @@ def _read_jsonl(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
             done += len(batch)
         return
     except pa.ArrowInvalid:
-        kinds = {name: (kind, 1) for name, kind in _arrow_kinds(blocks.schema).items()} if done else {}
+        pass  # the types Arrow gave the first block stay those of the rows read line by line
+    yield from _read_lines(path, batch_rows, done, blocks.schema if blocks is not None else pa.schema([]))
+
+
+def _read_lines(path: Path, batch_rows: int, skip: int, before: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """The file's records past the first `skip`, parsed line by line into batches that hold every
+    field Arrow typed (`before`, typed as there) and every field seen since."""
+    kinds = {name: (kind, 0) for name, kind in _arrow_kinds(before).items()}
+    types = {field.name: field.type for field in before}
     rows: list[dict[str, Any]] = []
-    for number, record in enumerate(itertools.islice(_records(path), done, None), start=done + 1):
+    number = skip
+    for number, record in enumerate(itertools.islice(_records(path), skip, None), start=skip + 1):
         _check_kinds(path, number, record, kinds)
         rows.append(record)
         if len(rows) == batch_rows:
-            yield _batch_of(rows)
+            yield _batch_of(path, rows, number, types)
             rows = []
     if rows:
-        yield _batch_of(rows)
+        yield _batch_of(path, rows, number, types)
 
 
-def _batch_of(rows: list[dict[str, Any]]) -> pa.RecordBatch:
-    """Rows as a batch with every field any of them holds (`from_pylist` takes the first row's only)."""
-    return pa.RecordBatch.from_struct_array(pa.array(rows))
+def _batch_of(
+    path: Path, rows: list[dict[str, Any]], last: int, types: dict[str, pa.DataType]
+) -> pa.RecordBatch:
+    """Rows (the last one numbered `last`) as a batch holding every field of `types` (the rows before:
+    null where these rows lack it, cast to its type there, e.g. a date Arrow read as a timestamp) and
+    every field these rows hold (`from_pylist` would keep the first row's only); `types` gains them."""
+    read = pa.RecordBatch.from_struct_array(pa.array(rows))
+    columns = {}
+    for name in dict.fromkeys([*types, *read.schema.names]):
+        earlier = types.get(name)
+        if name not in read.schema.names:
+            columns[name] = pa.nulls(len(read), earlier)
+            continue
+        column = read.column(name)
+        if earlier is None or pa.types.is_null(earlier):
+            types[name] = column.type
+        elif column.type != earlier and not (_is_number(earlier) and _is_number(column.type)):
+            try:  # numbers are left for the writer's permissive concatenation to widen
+                column = column.cast(earlier)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                first = last - len(rows) + 1
+                raise SynthkilnError(
+                    f"{path}: rows {first}-{last}: field '{name}' holds {column.type}, the rows above {earlier}"
+                ) from None
+        columns[name] = column
+    return pa.RecordBatch.from_pydict(columns)
+
+
+def _is_number(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind)
 
 
 def _rebatch(blocks: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
@@ -186,7 +221,7 @@ def _arrow_kinds(schema: pa.Schema) -> dict[str, str]:
     kinds = {}
     for field in schema:
         kind = field.type
-        if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        if _is_number(kind):
             kinds[field.name] = "number"
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
             kinds[field.name] = "str"
@@ -208,9 +243,8 @@ def _check_kinds(path: Path, number: int, record: dict[str, Any], kinds: dict[st
         kind = _kind(value)
         first = kinds.setdefault(key, (kind, number))
         if first[0] != kind:
-            raise SynthkilnError(
-                f"{path}: row {number}: field '{key}' holds a {kind}, row {first[1]} a {first[0]}"
-            )
+            where = f"row {first[1]}" if first[1] else "the rows above"  # 0: rows Arrow read
+            raise SynthkilnError(f"{path}: row {number}: field '{key}' holds a {kind}, {where} a {first[0]}")
 
 
 def _decode_binary(batch: pa.RecordBatch, name: str) -> pa.RecordBatch:
@@ -397,8 +431,8 @@ def _write_shards(
                 [pa.Table.from_batches([b]) for b in batches], promote_options="permissive"
             )
             number = len(writing[folder])  # in writing order, which the names sort in
-            if len(in_flight) >= SHARD_WRITERS:  # bounds the rows held to SHARD_WRITERS shards
-                in_flight.popleft().result()
+            while in_flight and (in_flight[0].done() or len(in_flight) >= SHARD_WRITERS):
+                in_flight.popleft().result()  # a failed write stops the command here, not at the end
             written = writers.submit(
                 directory.write_shard, table, f"{folder}/part-r{run}-{number:05d}.parquet"
             )

@@ -138,12 +138,6 @@ class Dedup(CorpusCommand):
         is_null = quarantined[dropped]
         names = self._names(duplicate_of[dropped])
         similar = similarity[dropped]
-        hundredths = np.rint(similar * 100).astype(np.int64)  # "{:.2f}" in Arrow, not per row in Python
-        estimate = pc.binary_join_element_wise(
-            pa.array(hundredths // 100).cast(pa.string()),
-            pc.utf8_lpad(pa.array(hundredths % 100).cast(pa.string()), 2, "0"),
-            ".",
-        )
         null_rows = pa.array(is_null)
         columns = {
             "cluster_id": pa.array(cluster[dropped], pa.int64()),
@@ -154,7 +148,7 @@ class Dedup(CorpusCommand):
                 null_rows,
                 pa.scalar(None, pa.string()),
                 pc.binary_join_element_wise(
-                    "near-duplicate of ", names, " (estimated Jaccard ", estimate, ")", ""
+                    "near-duplicate of ", names, " (estimated Jaccard ", two_decimals(similar), ")", ""
                 ),
             ),
         }
@@ -354,6 +348,13 @@ def group_partitions(spec: GroupSpec, item: tuple[int, tuple[int, int]]) -> np.n
     centre = union_find(len(rows), local[: len(local) // 2], local[len(local) // 2 :])
     leaf = centre != np.arange(len(rows))
     return save_edges(work, 0, task, rows[leaf], rows[centre[leaf]], both_ways=True)
+
+
+def two_decimals(values: np.ndarray) -> pa.Array:
+    """`f"{value:.2f}"` of every value, formatted once per distinct value (a batch's similarities are
+    a few hundred distinct fractions)."""
+    distinct_values, positions = np.unique(values, return_inverse=True)
+    return pa.array([f"{value:.2f}" for value in distinct_values.tolist()], pa.string()).take(positions)
 
 
 def _priority(batch: pa.RecordBatch, keep: str, text_field: str) -> np.ndarray:

@@ -42,6 +42,10 @@ def test_shape_mismatch_is_refused() -> None:
     signatures = minhash_signatures(TEXTS)
     with pytest.raises(ValueError, match="differ in shape"):
         jaccard_from_signatures(signatures[:2], signatures[:3])
+    with pytest.raises(ValueError, match="2 first rows but 1 second rows"):
+        jaccard_pairs(signatures, np.array([0, 1]), np.array([2]))
+    with pytest.raises(IndexError, match="outside the 4 signatures"):  # the kernel does not check
+        jaccard_pairs(signatures, np.array([0, 1]), np.array([2, 4]))
 
 
 def test_exact_jaccard_from_shingle_sets() -> None:

@@ -20,6 +20,7 @@ from synthkiln.engine.corpus.dedup import (
     Dedup,
     Verdicts,
     decide_clusters,
+    two_decimals,
     verdict_file,
 )
 from synthkiln.engine.corpus.shuffle import offsets, save_whole
@@ -233,3 +234,10 @@ def test_keepers_after_many_component_rounds(tmp_path: Path) -> None:
     np.testing.assert_allclose(found.similarity[~found.keep], expected)
     middle = verdicts.between(1000, 2000)
     np.testing.assert_array_equal(middle.rows, nodes[(nodes >= 1000) & (nodes < 2000)])
+
+
+def test_similarities_are_written_as_python_formats_them() -> None:
+    """Two decimals as `f"{value:.2f}"` gives them, including fractions whose binary value sits just
+    below or above the halfway point (scaling by 100 and rounding gets those wrong)."""
+    values = np.array([191 / 200, 1 / 40, 0.125, 1.0, 103 / 128, 191 / 200])
+    assert two_decimals(values).to_pylist() == ["0.95", "0.03", "0.12", "1.00", "0.80", "0.95"]

@@ -61,7 +61,7 @@ def test_a_field_that_changes_type_after_the_first_block_keeps_every_row(tmp_pat
     ("last_line", "message"),
     [
         ("{not json", "line 2001: invalid JSON"),
-        ('{"text": "x", "n": "seven"}', "row 2001: field 'n' holds a str, row 1 a number"),
+        ('{"text": "x", "n": "seven"}', "row 2001: field 'n' holds a str, the rows above a number"),
         ("[1, 2]", "line 2001: not a JSON object"),
     ],
 )
@@ -77,11 +77,35 @@ def test_a_bad_row_after_the_first_block_is_named(
         list(Source(path, "text").batches(500))
 
 
-def test_gzipped_jsonl_is_read_in_batches(tmp_path: Path) -> None:
+def test_rows_read_line_by_line_keep_the_fields_and_types_of_the_rows_before(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A batch of the line-by-line part lacking the text field gets it as null (quarantined, not
+    refused), and a field Arrow typed as a timestamp stays one."""
+    monkeypatch.setattr(corpus_module, "JSON_BLOCK", 1 << 16)
+    path = tmp_path / "dated.jsonl"
+    rows = [{**row, "day": f"2024-01-{1 + row['n'] % 28:02d}"} for row in documents(2000)]
+    write_jsonl(path, [*rows, {"n": 1.5, "day": "2024-02-01"}])
+    batches = list(Source(path, "text").batches(1000))
+    assert [len(b) for b in batches] == [1000, 1000, 1]
+    assert batches[0].schema.field("day").type == batches[2].schema.field("day").type == pa.timestamp("s")
+    assert batches[2].column("text").to_pylist() == [None]
+    table = Source(path).table()
+    assert table.column("day")[2000].as_py().isoformat() == "2024-02-01T00:00:00"
+
+    write_jsonl(path, [*rows, {"text": "x", "n": 1.5, "day": "soon"}])
+    with pytest.raises(SynthkilnError, match=r"dated\.jsonl: rows 2001-2001: field 'day' holds string"):
+        list(Source(path, "text").batches(1000))
+
+
+def test_gzipped_jsonl_is_read_in_batches(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(corpus_module, "JSON_BLOCK", 1 << 16)
     path = tmp_path / "small.jsonl.gz"
-    rows = documents(2500)
+    rows = [*documents(2500), {"text": "a float at the end", "n": 0.5}]
     with gzip.open(path, "wt") as handle:
         handle.write("".join(json.dumps(row) + "\n" for row in rows))
     batches = list(Source(path, "text").batches(1000))
-    assert [len(b) for b in batches] == [1000, 1000, 500]
-    assert pa.Table.from_batches(batches).column("n").to_pylist() == list(range(2500))
+    assert [len(b) for b in batches] == [1000, 1000, 501]
+    table = pa.concat_tables([pa.Table.from_batches([b]) for b in batches], promote_options="permissive")
+    assert table.column("n").to_pylist() == [*range(2500), 0.5]
+    assert table.column("text").to_pylist() == [row["text"] for row in rows]

@@ -162,10 +162,10 @@ def test_bad_input_is_named_or_quarantined(tmp_path: Path) -> None:
     )
     run("dedup", str(nulls), "--out", str(tmp_path / "o3"), "--quiet")
     assert pq.read_table(tmp_path / "o3" / "data").num_rows == 1
-    assert pq.read_table(tmp_path / "o3" / "rejected").column("reason").to_pylist() == [
-        "null text",
-        "null text",
-    ]
+    quarantined = pq.read_table(tmp_path / "o3" / "rejected")
+    assert quarantined.column("reason").to_pylist() == ["null text", "null text"]
+    for column in ("duplicate_of", "detail", "similarity"):
+        assert quarantined.column(column).to_pylist() == [None, None]
 
 
 def rows(texts: list[str], prefix: str) -> pa.RecordBatch:
