@@ -46,25 +46,24 @@ class Decontaminate(CorpusCommand):
     def split(
         self, batch: pa.RecordBatch, source: Source, judged: list[Match | None] | None = None
     ) -> tuple[pa.RecordBatch, pa.RecordBatch]:
-        texts = batch.column(self.text_field)
-        null = pc.is_null(texts).to_numpy(zero_copy_only=False)
+        null = pc.is_null(batch.column(self.text_field)).to_numpy(zero_copy_only=False)
         matches = judged if judged is not None else find_matches(Search(self.index, self.text_field), batch)
-        for match in matches:
-            if match is not None:
-                self.hit_items[match.benchmark].add(f"{match.item_id}/{match.field}")
-                self.removed_by[match.benchmark] += 1
-        dropped = null | np.array([m is not None for m in matches], bool)
+        found = {row: match for row, match in enumerate(matches) if match is not None}
+        for match in found.values():
+            self.hit_items[match.benchmark].add(f"{match.item_id}/{match.field}")
+            self.removed_by[match.benchmark] += 1
+        dropped = null.copy()
+        dropped[list(found)] = True
         self.quarantined += int(null.sum())
         self.removed += int((dropped & ~null).sum())
-        rejected = batch.append_column("contamination", contamination_column(matches))
-        reasons = [
-            f"null {self.text_field}" if n else (f"contaminated:{m.benchmark}" if m else None)
-            for n, m in zip(null, matches, strict=True)
-        ]
-        details = [None if n or m is None else m.describe() for n, m in zip(null, matches, strict=True)]
+        rows = np.flatnonzero(dropped)  # built for the rejected rows only: most batches have none
+        picked = [None if null[row] else found[row] for row in rows.tolist()]
+        rejected = batch.take(pa.array(rows)).append_column("contamination", contamination_column(picked))
+        reasons = [f"contaminated:{m.benchmark}" if m else f"null {self.text_field}" for m in picked]
+        details = [m.describe() if m else None for m in picked]
         rejected = rejected.append_column("reason", pa.array(reasons, pa.string()))
         rejected = rejected.append_column("detail", pa.array(details, pa.string()))
-        return batch.filter(pa.array(~dropped)), rejected.filter(pa.array(dropped))
+        return (batch.filter(pa.array(~dropped)) if len(rows) else batch), rejected
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -155,7 +155,7 @@ class Dedup(CorpusCommand):
         removed = batch.filter(pa.array(dropped))
         for name, values in columns.items():
             removed = removed.append_column(name, values)
-        return batch.filter(pa.array(keep)), removed
+        return (batch if keep.all() else batch.filter(pa.array(keep))), removed  # no copy of a clean batch
 
     def _names(self, rows: np.ndarray) -> pa.Array:
         """Global row numbers -> `file:row`, the names a removed row's `duplicate_of` points to (any
