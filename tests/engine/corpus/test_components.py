@@ -9,13 +9,30 @@ from synthkiln.kernels.components import star_members
 from synthkiln.kernels.lsh import union_find
 
 
-def run_rounds(tmp_path: Path, first: np.ndarray, second: np.ndarray, producers: int, workers: int):
+class RetriedExecutor(LocalExecutor):
+    """Runs every task twice, as Ray does when a node dies after a task wrote its file but before its
+    result came back: the retry writes the same file again."""
+
+    def map(self, fn, shared, items, payload=lambda item: item):
+        for item in items:
+            fn(shared, payload(item))  # the attempt whose result was lost with its node
+            yield item, fn(shared, payload(item))
+
+
+def run_rounds(
+    tmp_path: Path,
+    first: np.ndarray,
+    second: np.ndarray,
+    producers: int,
+    workers: int,
+    executor: LocalExecutor | None = None,
+):
     """The edges written by `producers` tasks, as dedup's grouping writes them, then the rounds."""
     pieces = np.array_split(np.arange(len(first)), producers)
     counts = [
         save_edges(str(tmp_path), 0, t, first[p], second[p], both_ways=True) for t, p in enumerate(pieces)
     ]
-    executor = LocalExecutor()
+    executor = executor or LocalExecutor()
     executor.workers = workers  # a cluster's number of ranges, run here one after another
     stars, ranges = connected_components(executor, Round(str(tmp_path), 0, offsets(counts)), partition_mb=256)
     found = [star_members(*stars.edges(span)) for span in ranges]
@@ -45,3 +62,24 @@ def test_no_edges_no_rounds(tmp_path: Path) -> None:
     empty = np.zeros(0, np.int64)
     stars, ranges, found = run_rounds(tmp_path, empty, empty, producers=2, workers=2)
     assert stars.number == 0 and ranges == [] and found == []
+
+
+def test_a_round_task_run_again_changes_nothing(tmp_path: Path) -> None:
+    """A task retried after its node died (its file possibly written already) writes the same file, so
+    the rounds end in the same stars, byte for byte."""
+    rng = np.random.default_rng(11)
+    chain = rng.permutation(np.arange(3000, 5000))
+    first = np.concatenate([rng.integers(0, 3000, 2000), chain[:-1]])
+    second = np.concatenate([rng.integers(0, 3000, 2000), chain[1:]])
+    first, second = first[first != second], second[first != second]
+    (tmp_path / "once").mkdir()
+    (tmp_path / "twice").mkdir()
+    once, _, _ = run_rounds(tmp_path / "once", first, second, producers=3, workers=4)
+    twice, _, found = run_rounds(
+        tmp_path / "twice", first, second, producers=3, workers=4, executor=RetriedExecutor()
+    )
+    assert once.number == twice.number >= 3
+    assert [f.read_bytes() for f in once.files()] == [f.read_bytes() for f in twice.files()]
+    members = np.concatenate([m for m, _ in found])
+    centres = np.concatenate([c for _, c in found])
+    np.testing.assert_array_equal(centres, union_find(5000, first, second)[members])
