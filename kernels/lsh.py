@@ -83,13 +83,13 @@ def bucket_pairs(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     split into any partitions by key give the same pairs as all of them at once: the disk-partitioned
     dedup relies on it.
 
-    Keys are spread by their top 16 bits (counted and placed a block of records per core), then the
-    small groups are sorted on all cores: equal keys meet without sorting the whole array, which is
-    the slow part at tens of millions of keys. A group of n records has at most n - 1 pairs, so each group writes its pairs where its
-    records were spread, and no core waits for another's count.
+    Keys are spread by their top 16 bits (counted and placed a block of records per core, each block
+    into its own slots of every group), then the small groups are sorted on all cores: equal keys meet
+    without sorting the whole array, which is the slow part at tens of millions of keys. A group of n
+    records has at most n - 1 pairs, so each group writes its pairs where its records were spread,
+    and no core waits for another's count.
     """
     count = records.shape[0]
-    # Counted and spread a block of records per core: each block writes its own slots of every group.
     per_block = -(-count // _SPREAD_BLOCKS)
     place = np.zeros((_SPREAD_BLOCKS, 1 << 16), np.int64)
     for block in prange(_SPREAD_BLOCKS):

@@ -131,7 +131,7 @@ def _read_jsonl(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
 def _read_lines(path: Path, batch_rows: int, skip: int, before: pa.Schema) -> Iterator[pa.RecordBatch]:
     """The file's records past the first `skip`, parsed line by line into batches that hold every
     field Arrow typed (`before`, typed as there) and every field seen since."""
-    kinds = {name: (kind, 0) for name, kind in _arrow_kinds(before).items()}
+    kinds: dict[str, tuple[str, int]] = {}  # these rows against each other; against `before`: `_batch_of`
     types = {field.name: field.type for field in before}
     rows: list[dict[str, Any]] = []
     number = skip
@@ -216,24 +216,6 @@ def _kind(value: Any) -> str:
     )
 
 
-def _arrow_kinds(schema: pa.Schema) -> dict[str, str]:
-    """The kind of Python value each typed field of the rows already read holds (`_kind`'s names)."""
-    kinds = {}
-    for field in schema:
-        kind = field.type
-        if _is_number(kind):
-            kinds[field.name] = "number"
-        elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            kinds[field.name] = "str"
-        elif pa.types.is_boolean(kind):
-            kinds[field.name] = "bool"
-        elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
-            kinds[field.name] = "list"
-        elif pa.types.is_struct(kind):
-            kinds[field.name] = "dict"
-    return kinds
-
-
 def _check_kinds(path: Path, number: int, record: dict[str, Any], kinds: dict[str, tuple[str, int]]) -> None:
     """Row `number` holds the same kind of value in each field as the rows above it (`kinds`: the
     first kind seen per field, and its row), which Arrow needs to read them as one table."""
@@ -243,8 +225,9 @@ def _check_kinds(path: Path, number: int, record: dict[str, Any], kinds: dict[st
         kind = _kind(value)
         first = kinds.setdefault(key, (kind, number))
         if first[0] != kind:
-            where = f"row {first[1]}" if first[1] else "the rows above"  # 0: rows Arrow read
-            raise SynthkilnError(f"{path}: row {number}: field '{key}' holds a {kind}, {where} a {first[0]}")
+            raise SynthkilnError(
+                f"{path}: row {number}: field '{key}' holds a {kind}, row {first[1]} a {first[0]}"
+            )
 
 
 def _decode_binary(batch: pa.RecordBatch, name: str) -> pa.RecordBatch:
