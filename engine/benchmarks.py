@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from synthkiln.engine.config import BenchmarkConfig
 from synthkiln.engine.corpus import Source
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.inputs import sha256_file
+
+if TYPE_CHECKING:  # hints only: importing the recipe models (pydantic) costs a corpus command 0.15 s
+    from synthkiln.engine.config import BenchmarkConfig
 
 
 @dataclass(frozen=True)

@@ -149,27 +149,32 @@ def bucket_pairs(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, second
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def band_records(
     signatures: np.ndarray, base: int, bands: int, rows: int, partitions: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every band key of every non-empty document as a record (key, band << 56 | base + row), the
-    records sorted by partition (a key's high bits modulo `partitions`), and the count per partition.
-    Keys are computed as `band_keys` does."""
+    records sorted by partition (a key's high bits modulo `partitions`), in row then band order within
+    a partition, and the count per partition. Keys are computed as `band_keys` does.
+
+    Keys are computed on all cores, then placed as `bucket_pairs` spreads its records: each block of
+    records counted and written into its own slots of every partition, so the order is the same on
+    any number of cores."""
     count, num_perm = signatures.shape
     valid = np.zeros(count, np.bool_)
-    for i in range(count):
+    for i in prange(count):
         for j in range(num_perm):
             if signatures[i, j] != EMPTY:
                 valid[i] = True
                 break
-    total = int(valid.sum()) * bands
+    first = np.zeros(count + 1, np.int64)  # each document's first record
+    for i in range(count):
+        first[i + 1] = first[i] + (bands if valid[i] else 0)
+    total = first[count]
     keys = np.empty(total, np.uint64)
     tagged = np.empty(total, np.uint64)
     owner = np.empty(total, np.int64)
-    counts = np.zeros(partitions, np.int64)
-    k = 0
-    for i in range(count):
+    for i in prange(count):
         if not valid[i]:
             continue
         for band in range(bands):
@@ -177,19 +182,30 @@ def band_records(
             for column in range(band * rows, (band + 1) * rows):
                 key = (key ^ np.uint64(signatures[i, column])) * _MIX
                 key ^= key >> np.uint64(29)
+            k = first[i] + band
             keys[k] = key
             tagged[k] = (np.uint64(band) << _BAND_SHIFT) | np.uint64(base + i)
             owner[k] = np.int64((key >> np.uint64(32)) % np.uint64(partitions))
-            counts[owner[k]] += 1
-            k += 1
-    place = np.zeros(partitions, np.int64)
-    for p in range(1, partitions):
-        place[p] = place[p - 1] + counts[p - 1]
+    per_block = -(-total // _SPREAD_BLOCKS)
+    place = np.zeros((_SPREAD_BLOCKS, partitions), np.int64)
+    for block in prange(_SPREAD_BLOCKS):
+        for k in range(block * per_block, min(total, (block + 1) * per_block)):
+            place[block, owner[k]] += 1
+    counts = np.zeros(partitions, np.int64)
+    at = 0
+    for partition in range(partitions):
+        for block in range(_SPREAD_BLOCKS):  # a block's first slot in the partition
+            held = place[block, partition]
+            place[block, partition] = at
+            at += held
+            counts[partition] += held
     records = np.empty((total, 2), np.uint64)
-    for k in range(total):
-        records[place[owner[k]], 0] = keys[k]
-        records[place[owner[k]], 1] = tagged[k]
-        place[owner[k]] += 1
+    for block in prange(_SPREAD_BLOCKS):
+        for k in range(block * per_block, min(total, (block + 1) * per_block)):
+            slot = place[block, owner[k]]
+            records[slot, 0] = keys[k]
+            records[slot, 1] = tagged[k]
+            place[block, owner[k]] = slot + 1
     return records, counts
 
 

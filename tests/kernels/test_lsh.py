@@ -4,6 +4,7 @@ import itertools
 import json
 import random
 
+import numba
 import numpy as np
 import pytest
 
@@ -218,7 +219,16 @@ def test_bucket_pairs_are_neighbours_in_each_bucket(corpus) -> None:
         for row in range(len(texts))
         if row != 5
     }
-    partitions = (records[:, 0] >> np.uint64(32)) % np.uint64(16)
-    assert (np.diff(partitions.astype(np.int64)) >= 0).all()  # sorted by partition
+    partitions = ((records[:, 0] >> np.uint64(32)) % np.uint64(16)).astype(np.int64)
+    row, band = (records[:, 1] & np.uint64((1 << 56) - 1)).astype(np.int64), records[:, 1] >> np.uint64(56)
+    place = partitions * 10**9 + row * bands + band.astype(np.int64)
+    assert (np.diff(place) > 0).all()  # sorted by partition, then row and band within one
+    assert np.array_equal(np.bincount(partitions, minlength=16), counts)
+    numba.set_num_threads(1)  # the records are placed a block at a time: the same on any number of cores
+    try:
+        one_core = band_records(signatures, 1000, bands, rows, 16)
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert np.array_equal(one_core[0], records) and np.array_equal(one_core[1], counts)
     shifted = {(a + 1000, b + 1000) for a, b in expected}
     assert set(zip(*(x.tolist() for x in bucket_pairs(records)), strict=True)) == shifted
