@@ -6,6 +6,10 @@ object store on Ray, where a task's arguments would otherwise copy it per call. 
 order, so a command decides exactly as it does locally; at most `2 x workers` tasks are in flight, so
 a corpus streams through the cluster without being held in the driver.
 
+A task uses the devices Ray gave it and no other: one that asks for no GPU sees none (recent Ray stopped
+hiding them; a GPU node's CPU tasks would otherwise all pick Triton and share its GPUs unscheduled),
+and `--backend triton` on Ray gives each signing task a share of a GPU (`kernels`).
+
 Ray retries a task whose worker dies (`max_retries`): a task here is a pure function of its
 arguments (files it writes are written whole under a name it alone uses), so a retry cannot double a
 result. The driver alone writes the output directory and commits it. Disconnecting never stops a
@@ -24,6 +28,9 @@ from synthkiln.engine.errors import SynthkilnError
 
 Item = TypeVar("Item")
 EXECUTORS = ("local", "ray")
+GPU_SHARE = 0.25  # a Triton task's share of a GPU: four overlap their CPU work (reading, band keys) on one
+# Ray hides the GPUs from a task that asks for none only with this set (ray-project/ray#54868).
+_HIDE_UNASKED_GPUS = {"env_vars": {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}}
 
 
 class LocalExecutor:
@@ -38,10 +45,17 @@ class LocalExecutor:
         shared: Any,
         items: Iterable[Item],
         payload: Callable[[Item], Any] = lambda item: item,
+        gpus: float = 0.0,
     ) -> Iterator[tuple[Item, Any]]:
-        """`(item, fn(shared, payload(item)))` for every item, in order."""
+        """`(item, fn(shared, payload(item)))` for every item, in order; on Ray each call is a task
+        that holds one CPU and `gpus` GPUs."""
         for item in items:
             yield item, fn(shared, payload(item))
+
+    def kernels(self, backend: str) -> tuple[str, float]:
+        """The kernel backend (auto, numba, triton) a command's tasks use for `backend`, and the GPUs
+        each task asks for: here, as asked (`auto` picks Triton where this process sees CUDA)."""
+        return backend, 0.0
 
     def describe(self) -> dict[str, Any]:
         return {"executor": "local", "workers": 1}
@@ -82,7 +96,7 @@ class RayExecutor(LocalExecutor):
             _check_same_cluster(ray.get_runtime_context().gcs_address, address)
         self.address = address
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        self._remotes: dict[Callable[..., Any], Any] = {}
+        self._remotes: dict[tuple[Callable[..., Any], float], Any] = {}
 
     def map(
         self,
@@ -90,12 +104,15 @@ class RayExecutor(LocalExecutor):
         shared: Any,
         items: Iterable[Item],
         payload: Callable[[Item], Any] = lambda item: item,
+        gpus: float = 0.0,
     ) -> Iterator[tuple[Item, Any]]:
         ray = self._ray
-        remote = self._remotes.get(fn)
+        remote = self._remotes.get((fn, gpus))
         if remote is None:
             task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(_in_one_cpu)
-            remote = self._remotes[fn] = task.options(name=fn.__name__)
+            remote = self._remotes[fn, gpus] = task.options(
+                name=fn.__name__, num_gpus=gpus, runtime_env=_HIDE_UNASKED_GPUS
+            )
         shared_ref = ray.put(shared)
         pending: deque[tuple[Item, Any]] = deque()
         try:
@@ -108,6 +125,18 @@ class RayExecutor(LocalExecutor):
         finally:  # an error (or a consumer that stops): no task goes on writing behind our back
             for _, ref in pending:
                 ray.cancel(ref, force=True)
+
+    def kernels(self, backend: str) -> tuple[str, float]:
+        """`auto` and `numba`: Numba in CPU tasks, which see no GPU. `triton`: each task asks for
+        `GPU_SHARE` of a GPU, so GPU workers run it and tasks wait for a free share."""
+        if backend != "triton":
+            return backend, 0.0
+        if not self._ray.cluster_resources().get("GPU"):
+            raise SynthkilnError(
+                "--backend triton on Ray runs on the cluster's GPUs, and it has none: start its GPU nodes "
+                "with `ray start --num-gpus N`, or use --backend numba"
+            )
+        return backend, GPU_SHARE
 
     def _next(self, pending: deque[tuple[Item, Any]], fn: Callable[..., Any]) -> tuple[Item, Any]:
         item, ref = pending.popleft()

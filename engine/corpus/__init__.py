@@ -304,6 +304,7 @@ class CorpusCommand(ABC):
     output_format: str  # e.g. "synthkiln-dedup/1": the marker its output directory carries
     text_field: str | None = None  # when set, every input must hold it as text (checked by its reader)
     batch_rows = 65536
+    judge_gpus = 0.0  # GPUs each task of its judge asks for on Ray (set by `prepare`)
 
     def __init__(self) -> None:
         self.rows = self.kept = 0
@@ -401,7 +402,9 @@ def _write_shards(
         results = LocalExecutor().map(fn, shared, batches, payload=lambda item: None)
     else:
         read = sorted({f.split(".", 1)[0] for f in command.fields()})
-        results = executor.map(fn, shared, batches, payload=lambda item: compact(item[2], read))
+        results = executor.map(
+            fn, shared, batches, payload=lambda item: compact(item[2], read), gpus=command.judge_gpus
+        )
     held: dict[str, list[pa.RecordBatch]] = {"data": [], "rejected": []}
     writing: dict[str, list[Future[dict[str, Any]]]] = {"data": [], "rejected": []}
     in_flight: deque[Future[dict[str, Any]]] = deque()

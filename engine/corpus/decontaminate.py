@@ -35,6 +35,7 @@ class Decontaminate(CorpusCommand):
 
     def prepare(self, sources: list[Source], progress: bool, executor: LocalExecutor, work: Path) -> None:
         started = time.perf_counter()
+        _, self.judge_gpus = executor.kernels(self.config.backend)  # before an index is built in vain
         self.index = ContaminationIndex.for_config(self.config, progress=progress)
         self.index_seconds = time.perf_counter() - started
         self.hit_items = {b["name"]: set() for b in self.index.benchmarks}

@@ -76,13 +76,14 @@ class Dedup(CorpusCommand):
     def prepare(self, sources: list[Source], progress: bool, executor: LocalExecutor, work: Path) -> None:
         started = time.perf_counter()
         bands, rows = optimal_bands(self.threshold, self.num_perm)
-        spec = SignSpec(str(work), self.num_perm, self.ngram, self.backend, bands, rows, self.exact)
+        backend, gpus = executor.kernels(self.backend)
+        spec = SignSpec(str(work), self.num_perm, self.ngram, backend, bands, rows, self.exact)
         bases, counts, quarantined = [0], [], []
         source_rows = np.zeros(len(sources), np.int64)
         chunks = read_ahead(_numbered(sources, self.batch_rows))
         with contextlib.closing(chunks), tqdm(desc="signatures", unit="doc", disable=not progress) as bar:
             for (number, batch, (chunk, base, _)), partition_counts in executor.map(
-                sign_chunk, spec, chunks, payload=lambda item: item[2]
+                sign_chunk, spec, chunks, payload=lambda item: item[2], gpus=gpus
             ):
                 source_rows[number] += len(batch)
                 if self.keep != "first":  # read back for the rows that have near-duplicates only

@@ -23,7 +23,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, synthkiln_command
+from synthkiln.engine.config import DecontaminateConfig
+from synthkiln.engine.corpus import run_corpus_command
+from synthkiln.engine.corpus.decontaminate import Decontaminate
+from synthkiln.engine.corpus.dedup import Dedup
+from synthkiln.engine.executor import GPU_SHARE, LocalExecutor
+from tests.conftest import REPO, run_triton_script, synthkiln_command
 from tests.engine.corpus.test_dedup import planted_corpus
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -237,3 +242,111 @@ print(numba.get_num_threads(), [threads for _, threads in RayExecutor(address="{
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split("\n")[0] == f"{os.cpu_count()} [1, 1, 1, 1]"
+
+
+def test_a_task_sees_only_the_gpus_it_asked_for(tmp_path: Path) -> None:
+    """On a node with a GPU (a logical one here), a task that asks for none is shown none, so its
+    kernels run on its CPU slot; one given a share of the GPU sees that GPU. `kernels` gives Triton
+    tasks that share, and everything else none."""
+    script = """
+import json, os, ray
+ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+from synthkiln.engine.executor import GPU_SHARE, RayExecutor
+executor = RayExecutor()
+visible = lambda shared, item: os.environ.get("CUDA_VISIBLE_DEVICES")
+print(json.dumps({
+    "cpu": [seen for _, seen in executor.map(visible, None, range(3))],
+    "gpu": [seen for _, seen in executor.map(visible, None, range(3), gpus=GPU_SHARE)],
+    "kernels": [executor.kernels(backend) for backend in ("auto", "numba", "triton")],
+}))
+"""
+    env = {key: value for key, value in RAY_ENV.items() if key != "CUDA_VISIBLE_DEVICES"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen == {
+        "cpu": ["", "", ""],
+        "gpu": ["0", "0", "0"],
+        "kernels": [["auto", 0.0], ["numba", 0.0], ["triton", 0.25]],
+    }
+
+
+@pytest.mark.parametrize("command", ["dedup", "decontaminate"])
+def test_triton_on_a_cluster_without_gpus_is_refused(
+    command: str, corpus, tmp_path: Path, gsm8k_dir: Path, cluster: str
+) -> None:
+    """Tasks that wait for a GPU the cluster does not have would wait forever: refused up front."""
+    corpus, _ = corpus
+    options = ["--benchmark", f"gsm8k={gsm8k_dir / 'test.jsonl'}"] if command == "decontaminate" else []
+    argv = command_line(command, *map(str, corpus), "--out", str(tmp_path / "out"), *options,
+                        "--backend", "triton", *executors(cluster))  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=RAY_ENV)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.splitlines()[-1] == (  # after Ray's own lines on connecting
+        "error: --backend triton on Ray runs on the cluster's GPUs, and it has none: start its GPU nodes "
+        "with `ray start --num-gpus N`, or use --backend numba"
+    )
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+class GpuLedger(LocalExecutor):
+    """The local executor, noting the GPUs each kind of task asks for, with kernels that get a GPU
+    share as Triton's do on a Ray cluster with GPUs."""
+
+    def __init__(self) -> None:
+        self.asked: dict[str, float] = {}
+
+    def kernels(self, backend: str) -> tuple[str, float]:
+        return backend, GPU_SHARE
+
+    def map(self, fn, shared, items, payload=lambda item: item, gpus: float = 0.0):  # type: ignore[no-untyped-def]
+        self.asked[fn.__name__] = gpus
+        return super().map(fn, shared, items, payload)
+
+
+def test_only_the_kernel_tasks_ask_for_the_gpu_share(corpus, tmp_path: Path, gsm8k_dir: Path) -> None:
+    """The share `kernels` gives goes to the tasks that run the signature or n-gram kernels, and to no
+    other (grouping, components and keepers run on CPU slots)."""
+    corpus, _ = corpus
+    dedup, decontaminate = GpuLedger(), GpuLedger()
+    run_corpus_command(Dedup(backend="numba"), corpus, tmp_path / "dedup", progress=False, executor=dedup)
+    config = DecontaminateConfig(benchmarks=[{"name": "gsm8k", "path": str(gsm8k_dir / "test.jsonl")}])
+    run_corpus_command(Decontaminate(config), corpus, tmp_path / "decontaminate", progress=False,
+                       executor=decontaminate)  # fmt: skip
+    assert dedup.asked.pop("sign_chunk") == GPU_SHARE
+    assert {"group_partitions", "large_star_task", "decide_clusters"} <= dedup.asked.keys()
+    assert set(dedup.asked.values()) == {0.0}
+    assert decontaminate.asked == {"find_matches": GPU_SHARE}
+
+
+TRITON_ON_RAY = """
+import json, os, sys
+from pathlib import Path
+os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+import ray
+import pyarrow.parquet as pq
+from synthkiln.engine.cli import main
+
+source, out = sys.argv[1], Path(sys.argv[2])
+assert main(["dedup", source, "--out", str(out / "local"), "--backend", "numba", "--quiet"]) == 0
+ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)  # a logical GPU on CPU
+assert main(["dedup", source, "--out", str(out / "ray"), "--backend", "triton", "--executor", "ray",
+             "--quiet"]) == 0
+print(json.dumps({name: sorted(pq.read_table(out / name / "data").column("n").to_pylist())
+                  for name in ("local", "ray")}))
+"""
+
+
+@pytest.mark.slow
+def test_triton_on_ray_keeps_the_rows_numba_keeps_locally(tmp_path: Path, gsm8k_dir: Path) -> None:
+    """`--backend triton` on Ray: signing tasks on a share of the GPU (Triton's interpreter on CPU
+    here), the same kept rows as Numba with the local executor."""
+    lines = (gsm8k_dir / "train.jsonl").read_text().splitlines()[:40]
+    texts = [json.loads(line)["question"] for line in lines]
+    copies = [text.replace(" the ", " a ", 1) for text in texts[:12]]  # one word: near-duplicates
+    rows = [{"text": text, "n": n} for n, text in enumerate(texts + copies)]
+    source = tmp_path / "corpus.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    kept = run_triton_script(TRITON_ON_RAY, str(source), str(tmp_path))
+    assert 40 <= len(kept["local"]) < 52  # the copies that changed a word are removed
+    assert kept["ray"] == kept["local"]
