@@ -162,7 +162,11 @@ class DiversityTracker:
         new = [slot for slot, position in enumerate(positions) if position not in self._vectors]
         chunks = [new[start : start + EMBED_CHUNK] for start in range(0, len(new), EMBED_CHUNK)]
         for slots, vectors in self.executor.map(
-            embed_texts, None, chunks, payload=lambda slots: [self.reservoir.items[s] for s in slots]
+            embed_texts,
+            None,
+            chunks,
+            payload=lambda slots: [self.reservoir.items[s] for s in slots],
+            gpus=self.executor.gpu_share(),
         ):
             for slot, vector in zip(slots, vectors, strict=True):
                 self._vectors[positions[slot]] = vector

@@ -57,6 +57,10 @@ class LocalExecutor:
         each task asks for: here, as asked (`auto` picks Triton where this process sees CUDA)."""
         return backend, 0.0
 
+    def gpu_share(self) -> float:
+        """The GPUs a model's task (MiniLM's) asks for: none here, where it uses this process's devices."""
+        return 0.0
+
     def describe(self) -> dict[str, Any]:
         return {"executor": "local", "workers": 1}
 
@@ -137,6 +141,11 @@ class RayExecutor(LocalExecutor):
                 "with `ray start --num-gpus N`, or use --backend numba"
             )
         return backend, GPU_SHARE
+
+    def gpu_share(self) -> float:
+        """`GPU_SHARE` while the cluster has that much GPU free, else none: the model then runs on a CPU
+        slot rather than wait for engines that hold every GPU to finish."""
+        return GPU_SHARE if self._ray.available_resources().get("GPU", 0.0) >= GPU_SHARE else 0.0
 
     def _next(self, pending: deque[tuple[Item, Any]], fn: Callable[..., Any]) -> tuple[Item, Any]:
         item, ref = pending.popleft()

@@ -23,10 +23,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synthkiln.engine.config import DecontaminateConfig
+from synthkiln.engine.config import DecontaminateConfig, DiversityConfig
 from synthkiln.engine.corpus import run_corpus_command
 from synthkiln.engine.corpus.decontaminate import Decontaminate
 from synthkiln.engine.corpus.dedup import Dedup
+from synthkiln.engine.diversity import DiversityTracker
 from synthkiln.engine.executor import GPU_SHARE, LocalExecutor
 from tests.conftest import REPO, run_triton_script, synthkiln_command
 from tests.engine.corpus.test_dedup import planted_corpus
@@ -258,6 +259,7 @@ print(json.dumps({
     "cpu": [seen for _, seen in executor.map(visible, None, range(3))],
     "gpu": [seen for _, seen in executor.map(visible, None, range(3), gpus=GPU_SHARE)],
     "kernels": [executor.kernels(backend) for backend in ("auto", "numba", "triton")],
+    "model": executor.gpu_share(),
 }))
 """
     env = {key: value for key, value in RAY_ENV.items() if key != "CUDA_VISIBLE_DEVICES"}
@@ -268,6 +270,7 @@ print(json.dumps({
         "cpu": ["", "", ""],
         "gpu": ["0", "0", "0"],
         "kernels": [["auto", 0.0], ["numba", 0.0], ["triton", 0.25]],
+        "model": 0.25,  # MiniLM's tasks, while a share is free
     }
 
 
@@ -299,14 +302,17 @@ class GpuLedger(LocalExecutor):
     def kernels(self, backend: str) -> tuple[str, float]:
         return backend, GPU_SHARE
 
+    def gpu_share(self) -> float:
+        return GPU_SHARE
+
     def map(self, fn, shared, items, payload=lambda item: item, gpus: float = 0.0):  # type: ignore[no-untyped-def]
         self.asked[fn.__name__] = gpus
         return super().map(fn, shared, items, payload)
 
 
-def test_only_the_kernel_tasks_ask_for_the_gpu_share(corpus, tmp_path: Path, gsm8k_dir: Path) -> None:
+def test_only_kernel_and_model_tasks_ask_for_a_gpu_share(corpus, tmp_path: Path, gsm8k_dir: Path) -> None:
     """The share `kernels` gives goes to the tasks that run the signature or n-gram kernels, and to no
-    other (grouping, components and keepers run on CPU slots)."""
+    other (grouping, components and keepers run on CPU slots); MiniLM's tasks ask for `gpu_share`."""
     corpus, _ = corpus
     dedup, decontaminate = GpuLedger(), GpuLedger()
     run_corpus_command(Dedup(backend="numba"), corpus, tmp_path / "dedup", progress=False, executor=dedup)
@@ -317,6 +323,11 @@ def test_only_the_kernel_tasks_ask_for_the_gpu_share(corpus, tmp_path: Path, gsm
     assert {"group_partitions", "large_star_task", "decide_clusters"} <= dedup.asked.keys()
     assert set(dedup.asked.values()) == {0.0}
     assert decontaminate.asked == {"find_matches": GPU_SHARE}
+    diversity = GpuLedger()
+    tracker = DiversityTracker(DiversityConfig(embeddings=True), "text", diversity)
+    tracker.update(pa.table({"text": ["one row", "another row of text"]}))
+    assert tracker.summary()["sample_size"] == 2  # embedded
+    assert diversity.asked == {"embed_texts": GPU_SHARE}
 
 
 TRITON_ON_RAY = """
