@@ -6,7 +6,7 @@ object store on Ray, where a task's arguments would otherwise copy it per call. 
 order, so a command decides exactly as it does locally; at most `2 x workers` tasks are in flight, so
 a corpus streams through the cluster without being held in the driver.
 
-A task uses the devices Ray gave it and no other: one that asks for no GPU sees none (recent Ray stopped
+A task of `map` uses the devices Ray gave it and no other: one that asks for no GPU sees none (recent Ray stopped
 hiding them; a GPU node's CPU tasks would otherwise all pick Triton and share its GPUs unscheduled),
 and `--backend triton` on Ray gives each signing task a share of a GPU (`kernels`).
 

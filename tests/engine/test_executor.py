@@ -44,10 +44,11 @@ def _free_port() -> int:
 
 
 def start_node(*args: str) -> str:
-    """`ray start` a node of one CPU: its temp dir, which names it in its processes' command lines."""
+    """`ray start` a node of one CPU and no GPU (on any host): its temp dir, which names it in its
+    processes' command lines."""
     temp = tempfile.mkdtemp(prefix="ray")  # short: Ray's socket paths must fit 107 characters
     subprocess.run(
-        [RAY, "start", "--num-cpus=1", "--object-store-memory=200000000", f"--temp-dir={temp}",
+        [RAY, "start", "--num-cpus=1", "--num-gpus=0", "--object-store-memory=200000000", f"--temp-dir={temp}",
          "--node-ip-address=127.0.0.1", "--disable-usage-stats", *args],
         check=True, capture_output=True, env=RAY_ENV,
     )  # fmt: skip
@@ -297,7 +298,7 @@ class GpuLedger(LocalExecutor):
     share as Triton's do on a Ray cluster with GPUs."""
 
     def __init__(self) -> None:
-        self.asked: dict[str, float] = {}
+        self.asked: dict[str, set[float]] = {}
 
     def kernels(self, backend: str) -> tuple[str, float]:
         return backend, GPU_SHARE
@@ -306,7 +307,7 @@ class GpuLedger(LocalExecutor):
         return GPU_SHARE
 
     def map(self, fn, shared, items, payload=lambda item: item, gpus: float = 0.0):  # type: ignore[no-untyped-def]
-        self.asked[fn.__name__] = gpus
+        self.asked.setdefault(fn.__name__, set()).add(gpus)
         return super().map(fn, shared, items, payload)
 
 
@@ -319,15 +320,15 @@ def test_only_kernel_and_model_tasks_ask_for_a_gpu_share(corpus, tmp_path: Path,
     config = DecontaminateConfig(benchmarks=[{"name": "gsm8k", "path": str(gsm8k_dir / "test.jsonl")}])
     run_corpus_command(Decontaminate(config), corpus, tmp_path / "decontaminate", progress=False,
                        executor=decontaminate)  # fmt: skip
-    assert dedup.asked.pop("sign_chunk") == GPU_SHARE
+    assert dedup.asked.pop("sign_chunk") == {GPU_SHARE}
     assert {"group_partitions", "large_star_task", "decide_clusters"} <= dedup.asked.keys()
-    assert set(dedup.asked.values()) == {0.0}
-    assert decontaminate.asked == {"find_matches": GPU_SHARE}
+    assert set().union(*dedup.asked.values()) == {0.0}
+    assert decontaminate.asked == {"find_matches": {GPU_SHARE}}
     diversity = GpuLedger()
     tracker = DiversityTracker(DiversityConfig(embeddings=True), "text", diversity)
     tracker.update(pa.table({"text": ["one row", "another row of text"]}))
     assert tracker.summary()["sample_size"] == 2  # embedded
-    assert diversity.asked == {"embed_texts": GPU_SHARE}
+    assert diversity.asked == {"embed_texts": {GPU_SHARE}}
 
 
 TRITON_ON_RAY = """

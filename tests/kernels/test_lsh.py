@@ -224,11 +224,17 @@ def test_bucket_pairs_are_neighbours_in_each_bucket(corpus) -> None:
     place = partitions * 10**9 + row * bands + band.astype(np.int64)
     assert (np.diff(place) > 0).all()  # sorted by partition, then row and band within one
     assert np.array_equal(np.bincount(partitions, minlength=16), counts)
+    threads = numba.get_num_threads()
+    assert threads >= 2, "the records above were placed on one thread: nothing to compare"
     numba.set_num_threads(1)  # the records are placed a block at a time: the same on any number of cores
     try:
         one_core = band_records(signatures, 1000, bands, rows, 16)
     finally:
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        numba.set_num_threads(threads)
     assert np.array_equal(one_core[0], records) and np.array_equal(one_core[1], counts)
+    for few in (signatures[:1], signatures[5:6], signatures[:3]):  # fewer records than blocks, or none
+        some, per_partition = band_records(few, 0, bands, rows, 16)
+        expected_total = bands * int((few != EMPTY).any(axis=1).sum())
+        assert len(some) == per_partition.sum() == expected_total
     shifted = {(a + 1000, b + 1000) for a, b in expected}
     assert set(zip(*(x.tolist() for x in bucket_pairs(records)), strict=True)) == shifted

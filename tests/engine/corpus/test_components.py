@@ -13,7 +13,7 @@ class RetriedExecutor(LocalExecutor):
     """Runs every task twice, as Ray does when a node dies after a task wrote its file but before its
     result came back: the retry writes the same file again."""
 
-    def map(self, fn, shared, items, payload=lambda item: item):
+    def map(self, fn, shared, items, payload=lambda item: item, gpus=0.0):
         for item in items:
             fn(shared, payload(item))  # the attempt whose result was lost with its node
             yield item, fn(shared, payload(item))
