@@ -74,6 +74,23 @@ _BAND_SHIFT = np.uint64(56)  # a band key's record: the band in the top 8 bits o
 _ROW_MASK = np.uint64((1 << 56) - 1)
 
 
+@njit(cache=True)
+def _block_slots(place: np.ndarray) -> np.ndarray:
+    """Counts of records per (block, group) -> each block's first slot in each group, in place (groups
+    in order, a group's blocks in order); returns each group's first slot, and the total after them."""
+    blocks, groups = place.shape
+    starts = np.zeros(groups + 1, np.int64)
+    at = 0
+    for group in range(groups):
+        starts[group] = at
+        for block in range(blocks):
+            held = place[block, group]
+            place[block, group] = at
+            at += held
+    starts[groups] = at
+    return starts
+
+
 @njit(cache=True, parallel=True)
 def bucket_pairs(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (i < j) of rows that follow each other in a bucket (same band and key), rows ascending.
@@ -95,15 +112,7 @@ def bucket_pairs(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for block in prange(_SPREAD_BLOCKS):
         for i in range(block * per_block, min(count, (block + 1) * per_block)):
             place[block, records[i, 0] >> np.uint64(48)] += 1
-    starts = np.zeros((1 << 16) + 1, np.int64)
-    at = 0
-    for group in range(1 << 16):
-        starts[group] = at
-        for block in range(_SPREAD_BLOCKS):  # a block's first slot in the group
-            held = place[block, group]
-            place[block, group] = at
-            at += held
-    starts[1 << 16] = at
+    starts = _block_slots(place)
     spread_keys = np.empty(count, np.uint64)
     spread_tagged = np.empty(count, np.uint64)
     for block in prange(_SPREAD_BLOCKS):
@@ -191,14 +200,8 @@ def band_records(
     for block in prange(_SPREAD_BLOCKS):
         for k in range(block * per_block, min(total, (block + 1) * per_block)):
             place[block, owner[k]] += 1
-    counts = np.zeros(partitions, np.int64)
-    at = 0
-    for partition in range(partitions):
-        for block in range(_SPREAD_BLOCKS):  # a block's first slot in the partition
-            held = place[block, partition]
-            place[block, partition] = at
-            at += held
-            counts[partition] += held
+    starts = _block_slots(place)
+    counts = starts[1:] - starts[:-1]
     records = np.empty((total, 2), np.uint64)
     for block in prange(_SPREAD_BLOCKS):
         for k in range(block * per_block, min(total, (block + 1) * per_block)):
