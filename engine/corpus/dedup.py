@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from synthkiln.engine.corpus import CorpusCommand, Source, compact, read_ahead
 from synthkiln.engine.corpus.components import Round, connected_components, save_edges
-from synthkiln.engine.corpus.index import save_index
+from synthkiln.engine.corpus.index import SignatureFile, save_index
 from synthkiln.engine.corpus.shuffle import FINE_PARTITIONS, offsets, read_span, save_whole, spans
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.executor import LocalExecutor
@@ -77,7 +77,9 @@ class Dedup(CorpusCommand):
         started = time.perf_counter()
         bands, rows = optimal_bands(self.threshold, self.num_perm)
         backend, gpus = executor.kernels(self.backend)
-        spec = SignSpec(str(work), self.num_perm, self.ngram, backend, bands, rows, self.exact)
+        signatures = SignatureFile(str(work / "signatures.npy"), self.num_perm)
+        signatures.create()
+        spec = SignSpec(str(work), signatures, self.ngram, backend, bands, rows, self.exact)
         bases, counts, quarantined = [0], [], []
         source_rows = np.zeros(len(sources), np.int64)
         chunks = read_ahead(_numbered(sources, self.batch_rows))
@@ -93,9 +95,10 @@ class Dedup(CorpusCommand):
                 counts.append(partition_counts)
                 bases.append(base + len(batch))
                 bar.update(len(batch))
+        signatures.seal(bases[-1])
         self.seconds["signatures"] = time.perf_counter() - started
         mark = time.perf_counter()
-        store = ChunkStore(str(work), np.array(bases, np.int64), self.exact)
+        store = ChunkStore(str(work), signatures, np.array(bases, np.int64), self.exact)
         plan = GroupSpec(store, offsets(counts), self.threshold)
         ranges = spans(plan.table, self.partition_mb, executor.workers)
         edge_counts = [found for _, found in executor.map(group_partitions, plan, enumerate(ranges))]
@@ -186,16 +189,15 @@ class Dedup(CorpusCommand):
                 ] = False
                 yield low + np.flatnonzero(kept)
 
-        save_index(
+        return save_index(
             directory.path / self.index_name,
-            itertools.chain.from_iterable(self.store.signatures_of(kept) for kept in kept_by_chunk()),
-            (self._locate(kept) for kept in kept_by_chunk()),
+            self.store.signatures,
             int(self.store.bases[-1]) - self.removed - len(quarantined),
+            kept_by_chunk,
+            self._locate,
             [s.path.name for s in self.sources],
-            self.num_perm,
             self.ngram,
         )
-        return [self.index_name]
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -227,7 +229,7 @@ def _numbered(
 @dataclass(frozen=True)
 class SignSpec:
     work: str
-    num_perm: int
+    signatures: SignatureFile
     ngram: int
     backend: str
     bands: int
@@ -236,12 +238,13 @@ class SignSpec:
 
 
 def sign_chunk(spec: SignSpec, chunk: tuple[int, int, pa.Array]) -> np.ndarray:
-    """Sign one batch; write its signatures (and shingle sets) and its band keys, sorted by fine
-    partition, to `work`. Returns the number of band keys per fine partition."""
+    """Sign one batch; write its signatures at its rows of the signature file, its shingle sets and its
+    band keys, sorted by fine partition, to `work`. Returns the number of band keys per fine partition."""
     number, base, texts = chunk
     work = Path(spec.work)
-    signatures = minhash_signatures(texts, num_perm=spec.num_perm, ngram=spec.ngram, backend=spec.backend)
-    save_whole(work / f"sig-{number}.npy", signatures)
+    num_perm = spec.signatures.num_perm
+    signatures = minhash_signatures(texts, num_perm=num_perm, ngram=spec.ngram, backend=spec.backend)
+    spec.signatures.write(base, signatures)
     if spec.exact:
         hashes, shingle_offsets = shingle_sets(*shingle_hashes(texts, ngram=spec.ngram))
         save_whole(work / f"shingles-{number}.npy", hashes)
@@ -253,9 +256,11 @@ def sign_chunk(spec: SignSpec, chunk: tuple[int, int, pa.Array]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ChunkStore:
-    """Signatures (and shingle sets) of the signed batches, read back by global row number."""
+    """Signatures (and shingle sets, and priorities) of the signed batches, read back by global row
+    number."""
 
     work: str
+    signatures: SignatureFile
     bases: np.ndarray  # first global row of each chunk, and the total at the end
     exact: bool
 
@@ -269,7 +274,7 @@ class ChunkStore:
             if self.exact:
                 out[start : start + len(a)] = exact_jaccard_pairs(*self._sets(rows), ia, ib)
             else:
-                out[start : start + len(a)] = jaccard_pairs(self.gather("sig", rows), ia, ib)
+                out[start : start + len(a)] = jaccard_pairs(self.signatures.read(rows), ia, ib)
         return out
 
     def _chunks_of(self, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
@@ -280,7 +285,7 @@ class ChunkStore:
             yield int(chunk), where, rows[where] - self.bases[chunk]
 
     def gather(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """The rows (sorted) of the per-batch arrays `NAME-CHUNK.npy` (`sig`, `priority`)."""
+        """The rows (sorted) of the per-batch arrays `NAME-CHUNK.npy` (`priority`)."""
         out: np.ndarray | None = None
         for chunk, where, local in self._chunks_of(rows):
             stored = np.load(Path(self.work) / f"{name}-{chunk}.npy", mmap_mode="r")
@@ -316,13 +321,6 @@ class ChunkStore:
             )
             hashes[targets] = values
         return hashes, offsets
-
-    def signatures_of(self, rows: np.ndarray) -> Iterator[np.ndarray]:
-        """Signatures of `rows` (sorted), one signed batch at a time (a file's rows all wanted: the
-        file's pages, not a copy)."""
-        for chunk, _, local in self._chunks_of(rows):
-            stored = np.load(Path(self.work) / f"sig-{chunk}.npy", mmap_mode="r")
-            yield stored if len(local) == len(stored) else stored[local]
 
 
 @dataclass(frozen=True)

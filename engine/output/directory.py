@@ -8,7 +8,7 @@ refused, with what was found named; nothing in it is touched. While open, an exc
 
 What is "ours" is decided by exact names, never by a manifest's word alone: shards are
 ``part-NNNNN.parquet`` (`run`) or ``part-rR-NNNNN.parquet`` (corpus commands, R the run), extra files
-``NAME-rR.EXT`` (dedup's ``index-r1.npz``), temporaries ``.NAME.tmp`` of those, the manifest and the card.
+``NAME-rR.EXT`` (dedup's ``index-r1.npz`` and ``index-r1.npy``), temporaries ``.NAME.tmp`` of those, the manifest and the card.
 A manifest listing any other path (``../x``, ``/etc/...``) is refused, and symlinked folders, lock or
 manifest are refused rather than followed.
 
@@ -16,7 +16,7 @@ A command's scratch files (dedup's signatures and band keys) live in ``.synthkil
 the locked directory (RUN: 32 hex digits, one per command), so that every node of a cluster writes them
 to the output's storage and no other run can be using them: the folder goes when the command ends, and
 one left by a killed run goes when the directory is next opened. Only names of ours are removed from
-it (``sig-N.npy``, ``bands-N.npy``, ... and their partials).
+it (``signatures.npy``, ``bands-N.npy``, ... and their partials).
 
 Shards go to `data/` and `rejected/` under temporary names, are renamed into place, and become part
 of the dataset when the manifest that lists them replaces the previous one (the commit point). On
@@ -56,9 +56,9 @@ _LISTED_SHARD = re.compile(rf"^(?:data|rejected)/{_SHARD_NAME}$")
 _EXTRA_FILE = re.compile(r"^[a-z][a-z0-9_]*-r\d+\.[a-z0-9]+$")  # a command's per-run file: index-r2.npz
 _SCRATCH_RUN = re.compile(r"^[0-9a-f]{32}$")  # one command's own scratch folder inside WORK
 _SCRATCH_FILE = re.compile(
-    r"^(?:(?:sig|bands|priority|shingles|shingle-offsets|verdict)-\d+|edges-\d+-\d+)\.npy"
+    r"^(?:signatures|(?:bands|priority|shingles|shingle-offsets|verdict)-\d+|edges-\d+-\d+)\.npy"
     r"(?:\.[0-9a-f]{32}\.partial)?$"
-)  # what dedup's tasks write: sig-3.npy, edges-2-5.npy, and their partials while written
+)  # what dedup's tasks write: signatures.npy, edges-2-5.npy, and their partials while written
 _TOP_TEMPORARY = re.compile(
     r"^\.(?:manifest\.json|README\.md|report\.html|[a-z][a-z0-9_]*-r\d+\.[a-z0-9]+)\.tmp$"
 )

@@ -282,8 +282,8 @@ def test_a_corpus_rerun_replaces_the_dedup_index_too(tmp_path: Path) -> None:
     assert cli("dedup", str(corpus), "--out", str(out), "--quiet").returncode == 0
     assert (out / "index-r1.npz").is_file()
     assert cli("dedup", str(corpus), "--out", str(out), "--quiet").returncode == 0
-    assert sorted(p.name for p in out.glob("index*")) == ["index-r2.npz"]
-    assert json.loads((out / "manifest.json").read_text())["files"] == ["index-r2.npz"]
+    assert sorted(p.name for p in out.glob("index*")) == ["index-r2.npy", "index-r2.npz"]
+    assert json.loads((out / "manifest.json").read_text())["files"] == ["index-r2.npz", "index-r2.npy"]
 
 
 def test_a_manifest_that_cannot_be_written_loses_nothing_committed(tmp_path: Path, monkeypatch) -> None:
@@ -323,9 +323,9 @@ def killed_dedup_leftovers(out: Path) -> Path:
     work = out / ".synthkiln-work" / ("0f" * 16)
     work.mkdir(parents=True)
     (out / LOCK).write_text("12345\n")
-    (work / "sig-0.npy").write_bytes(b"\x93NUMPY")
+    (work / "signatures.npy").write_bytes(b"\x93NUMPY")
     (work / "bands-0.npy").write_bytes(b"\x93NUMPY")
-    (work / f"sig-1.npy.{'ab' * 16}.partial").write_bytes(b"\x93NU")
+    (work / f"bands-1.npy.{'ab' * 16}.partial").write_bytes(b"\x93NU")
     return work
 
 
@@ -336,7 +336,7 @@ def test_a_killed_runs_scratch_goes_when_the_directory_is_next_opened(tmp_path: 
     done = cli("dedup", str(corpus), "--out", str(out), "--quiet")
     assert done.returncode == 0, done.stderr
     assert not work.parent.exists()
-    assert sorted(p.name for p in out.iterdir()) == ["data", "index-r1.npz", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["data", "index-r1.npy", "index-r1.npz", "manifest.json"]
 
     work = killed_dedup_leftovers(tmp_path / "again")
     (work / "embeddings.npy").write_bytes(b"\x93NUMPY")  # in our folder, but not a name we write
@@ -344,7 +344,7 @@ def test_a_killed_runs_scratch_goes_when_the_directory_is_next_opened(tmp_path: 
         OutputError, match=r"holds no synthkiln manifest \(found: \.synthkiln-work/0f0f.*/embeddings\.npy\)"
     ):
         OutputDirectory(tmp_path / "again", "synthkiln-dedup/1")
-    assert (work / "sig-0.npy").is_file()  # refused: nothing touched
+    assert (work / "signatures.npy").is_file()  # refused: nothing touched
 
     work = killed_dedup_leftovers(tmp_path / "ours")
     (tmp_path / "ours" / "manifest.json").write_text((out / "manifest.json").read_text())

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from synthkiln.engine import Pipeline
+from synthkiln.engine.corpus.index import load_index
 from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.schema import ROW_SCHEMA
 from synthkiln.engine.stages.dedup import NearDuplicates
@@ -102,8 +103,18 @@ def test_corpus_index_is_reused_by_the_stage(planted, tmp_path: Path) -> None:
     assert rejected.column("duplicate_of").to_pylist() == ["corpus.jsonl:5"]
     with pytest.raises(SynthkilnError, match="built with num_perm=128"):
         NearDuplicates(num_perm=64, text_field="text", against=[str(out)])
-    with np.load(index) as stored:  # as synthkiln wrote it before hashing scheme 2
-        np.savez(index, **{k: stored[k] for k in stored.files if k != "scheme"})
+    signatures, names = load_index(index, 128, 5)
+    with np.load(index) as stored:  # as synthkiln wrote it before the signatures had a file of their own
+        small = {k: stored[k] for k in ("files", "rows", "num_perm", "ngram", "scheme")}
+    (out / "index-r1.npy").rename(tmp_path / "moved.npy")
+    with pytest.raises(SynthkilnError, match=r"index-r1\.npy: cannot read the index's signatures"):
+        NearDuplicates(text_field="text", against=[str(out)])
+    np.savez(index, signatures=signatures, **small)
+    older = NearDuplicates(threshold=0.7, text_field="text", against=[str(out)])
+    _, rejected = older.process(pa.RecordBatch.from_pylist([{"id": "new", "text": texts[5]}]))
+    assert rejected.column("duplicate_of").to_pylist() == ["corpus.jsonl:5"]
+    assert len(names) == len(signatures) > 100
+    np.savez(index, signatures=signatures, **{k: v for k, v in small.items() if k != "scheme"})  # scheme 1
     with pytest.raises(SynthkilnError, match=r"hashing scheme 1.*rebuild"):
         NearDuplicates(text_field="text", against=[str(out)])
 
