@@ -38,6 +38,8 @@ from synthkiln.engine.errors import SynthkilnError
 from synthkiln.engine.executor import LocalExecutor
 from synthkiln.engine.output.directory import OutputDirectory
 
+BATCH_BYTES = 16 << 20  # a batch's Arrow data, about: 8k documents of 2 KB, all 64k short ones
+
 
 @dataclass
 class Source:
@@ -48,12 +50,18 @@ class Source:
     row_base: int = 0
 
     def batches(self, batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
+        """Batches of at most `batch_rows` rows and about `BATCH_BYTES` (long documents come in more,
+        smaller batches: a cluster's tasks stay small enough to spread evenly over its workers)."""
         self.row_base = 0
         for batch in self._read(batch_rows):
             if self.text_field is not None and self._text_type(batch.schema) == "binary":
                 batch = _decode_binary(batch, self.text_field)
-            yield batch
-            self.row_base += len(batch)
+            pieces = max(1, -(-batch.nbytes // BATCH_BYTES))
+            step = max(1, -(-len(batch) // pieces))
+            for start in range(0, max(len(batch), 1), step):  # an empty batch still carries its schema
+                piece = batch.slice(start, step)
+                yield piece
+                self.row_base += len(piece)
 
     def field_names(self) -> list[str] | None:
         """The file's fields, read cheaply (a Parquet file's schema, a JSONL file's first record) after

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import synthkiln.engine.corpus as corpus_module
@@ -109,3 +110,34 @@ def test_gzipped_jsonl_is_read_in_batches(tmp_path: Path, monkeypatch) -> None:
     table = pa.concat_tables([pa.Table.from_batches([b]) for b in batches], promote_options="permissive")
     assert table.column("n").to_pylist() == [*range(2500), 0.5]
     assert table.column("text").to_pylist() == [row["text"] for row in rows]
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "jsonl"])
+def test_long_documents_come_in_batches_of_about_batch_bytes(
+    tmp_path: Path, monkeypatch, suffix: str
+) -> None:
+    """A batch of `batch_rows` long documents is cut into even pieces of at most about `BATCH_BYTES`,
+    every row once and in order, `row_base` counting the rows before each piece."""
+    monkeypatch.setattr(corpus_module, "BATCH_BYTES", 64 << 10)
+    rows = documents(300)  # ~1 KB each: a 256-row batch is ~4 pieces
+    path = tmp_path / f"docs.{suffix}"
+    if suffix == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        write_jsonl(path, rows)
+    source = Source(path, "text")
+    sizes, bases, numbers = [], [], []
+    for batch in source.batches(256):
+        bases.append(source.row_base)
+        sizes.append(len(batch))
+        numbers += batch.column("n").to_pylist()
+        assert batch.nbytes <= 80 << 10
+    assert numbers == list(range(300))
+    assert len(sizes) >= 5 and max(sizes) - min(sizes[:-1]) <= 1  # even pieces of the first batch
+    assert bases == [sum(sizes[:i]) for i in range(len(sizes))]
+
+
+def test_short_documents_keep_whole_batches(tmp_path: Path) -> None:
+    path = tmp_path / "short.jsonl"
+    write_jsonl(path, [{"text": f"line {i}"} for i in range(2500)])
+    assert [len(batch) for batch in Source(path, "text").batches(1000)] == [1000, 1000, 500]
