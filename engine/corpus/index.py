@@ -11,6 +11,7 @@ signatures inside the `.npz`, and still load.
 
 from __future__ import annotations
 
+import itertools
 import os
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
@@ -24,6 +25,7 @@ from synthkiln.engine.output.directory import MANIFEST, atomic_path, read_manife
 from synthkiln.kernels.minhash import SCHEME
 
 HEADER_BYTES = 4096  # room for the `.npy` header, written once the number of rows is known
+WINDOW_ROWS = 1 << 16  # rows of the file mapped at a time when reading (32 MiB of 128 permutations)
 
 
 @dataclass(frozen=True)
@@ -62,13 +64,28 @@ class SignatureFile:
         return (os.path.getsize(self.path) - HEADER_BYTES) // (self.num_perm * 4)
 
     def read(self, rows: np.ndarray) -> np.ndarray:
-        """The signatures of `rows` (any order), read from the file's pages without mapping it whole
-        into this process's memory."""
-        stored = np.load(self.path, mmap_mode="r")
-        try:
-            return np.asarray(stored[rows])
-        finally:
-            del stored
+        """The signatures of `rows` (sorted: fewest mappings), mapped `WINDOW_ROWS` rows at a time: a
+        mapped file's pages count as this process's memory until unmapped, and the kernel maps pages
+        around each one read, so mapping a whole corpus's file to read rows spread over it would hold
+        most of it."""
+        out = np.empty((len(rows), self.num_perm), np.uint32)
+        windows = rows // WINDOW_ROWS
+        cuts = [0, *(np.flatnonzero(np.diff(windows)) + 1).tolist(), len(rows)]
+        total = self.rows()
+        for start, stop in itertools.pairwise(cuts):
+            if start == stop:
+                continue
+            first = int(windows[start]) * WINDOW_ROWS
+            mapped = np.memmap(
+                self.path,
+                np.uint32,
+                "r",
+                offset=HEADER_BYTES + first * self.num_perm * 4,
+                shape=(min(WINDOW_ROWS, total - first), self.num_perm),
+            )
+            out[start:stop] = mapped[rows[start:stop] - first]
+            del mapped
+        return out
 
 
 def corpus_index(path: Path) -> Path | None:
@@ -101,12 +118,12 @@ def save_index(
         if whole:
             os.replace(signatures.path, temporary)
         else:
-            with open(temporary, "wb") as handle:
-                shape = (count, signatures.num_perm)
-                header = {"descr": np.dtype(np.uint32).str, "fortran_order": False, "shape": shape}
-                np.lib.format.write_array_header_2_0(handle, header)
-                for piece in filter(len, kept()):
-                    handle.write(memoryview(signatures.read(piece)).cast("B"))
+            copied, first = SignatureFile(str(temporary), signatures.num_perm), 0
+            copied.create()
+            for piece in kept():
+                copied.write(first, signatures.read(piece))
+                first += len(piece)
+            copied.seal(count)
     small = {
         "files": np.array(files, dtype=str),
         "num_perm": np.array(signatures.num_perm),
