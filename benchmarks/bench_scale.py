@@ -192,6 +192,38 @@ def sizing(runs: dict) -> dict:
     }
 
 
+# No GPU has been lent to measure generation, so a published rate: Red Hat's MLPerf Inference v5.1
+# submission, Llama 3.1 8B (FP8) on vLLM 0.10.0, one H100, offline scenario (output tokens).
+PUBLISHED_H100_TOKENS_PER_S = 5777
+
+
+def generation_sizing(verified_per_hour: int = 1_000_000, tokens_per_row: int = 300) -> dict:
+    """Engines (one H100 each) and sandbox cores for `verified_per_hour` verified code examples, at a
+    few acceptance rates (a recipe's funnel gives its own: `accepted / generated`). Sandboxed checks per
+    core are `bench_sandbox.py`'s HumanEval rate on this VM."""
+    sandbox = json.loads((RESULTS / "sandbox_cpu.json").read_text())
+    humaneval = sandbox["humaneval_164"]
+    checks_per_core = humaneval["passed"] / humaneval["synthkiln pool seconds"] / sandbox["workers"]
+    rows_per_engine_hour = PUBLISHED_H100_TOKENS_PER_S * 3600 / tokens_per_row
+    by_acceptance = {}
+    for acceptance in (0.25, 0.5, 0.9):
+        generated = verified_per_hour / acceptance
+        by_acceptance[str(acceptance)] = {
+            "generated_rows_per_hour": round(generated),
+            "h100_engines": int(np.ceil(generated / rows_per_engine_hour)),
+            "sandbox_cores": int(np.ceil(generated / 3600 / checks_per_core)),
+        }
+    return {
+        "verified_per_hour": verified_per_hour,
+        "tokens_per_row": tokens_per_row,
+        "engine_tokens_per_second": PUBLISHED_H100_TOKENS_PER_S,
+        "engine_rate_source": "Red Hat, MLPerf Inference v5.1: Llama 3.1 8B FP8, vLLM 0.10.0, 1x H100, offline",
+        "rows_per_engine_hour": round(rows_per_engine_hour),
+        "sandbox_checks_per_core_second": round(checks_per_core, 1),
+        "by_acceptance": by_acceptance,
+    }
+
+
 def memory(scratch: Path, documents: int) -> dict:
     source = scratch / "big.parquet"
     text_bytes = write_short(source, documents, seed=7)
@@ -292,6 +324,7 @@ def main() -> None:
         if args.mode == "executors":
             runs = executors(scratch, args.short_documents, args.long_documents)
             save_report("scale_cpu", {"benchmark": "scale", "runs": runs, "sizing": sizing(runs),
+                                      "generation_sizing": generation_sizing(),
                                       "target_ray_overhead_at_equal_workers": 1.25})  # fmt: skip
         elif args.mode == "clusters":
             save_report(
