@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from synthkiln.engine.config import VerifyConfig
 from synthkiln.engine.errors import SynthkilnError
+from synthkiln.engine.executor import RayExecutor
 from synthkiln.engine.schema import VERDICT
 from synthkiln.engine.stages.base import Stage, set_column
 from synthkiln.verifiers import VERIFIERS, Judge, Limits, SandboxUnavailable, Verdict, Verifier, VerifierPool
@@ -141,14 +142,15 @@ def build_pool(config: VerifyConfig, executor: str = "local") -> VerifierPool:
 
 class RayVerifierPool(VerifierPool):
     """Sandboxed checks spread over a Ray cluster's CPUs: a batch's rows go out in as many contiguous
-    groups as the cluster has CPUs, each checked by a one-worker pool in a Ray worker process (the
-    sandbox of that node); verdicts come back in row order. Model verifiers (`batched`) judge here,
-    beside the teacher they share."""
+    groups as the cluster has CPUs, each checked as a task of the Ray executor (one CPU slot, no GPU
+    shown, retried when its worker dies) by a one-worker pool in that worker process (the sandbox of
+    its node); verdicts come back in row order. Model verifiers (`batched`) judge here, beside the
+    teacher they share."""
 
     def __init__(self, config: VerifyConfig, limits: Limits) -> None:
         super().__init__(1, config.sandbox, limits)  # checks this node can sandbox, as the nodes must
         self.config = config
-        self._remote: Any = None
+        self._cluster: RayExecutor | None = None
 
     def describe(self) -> dict[str, Any]:
         return {**self.sandbox.describe(), "executor": "ray"}
@@ -156,24 +158,21 @@ class RayVerifierPool(VerifierPool):
     def check_batch(self, verifier: Verifier, rows: Sequence[dict[str, Any]]) -> list[Verdict]:
         if verifier.batched or not rows:
             return super().check_batch(verifier, rows)
-        import ray
-
-        if self._remote is None:
-            self._remote = ray.remote(num_cpus=1, max_retries=3)(check_on_node)
-        parts = max(1, min(len(rows), int(ray.cluster_resources().get("CPU", 1))))
+        if self._cluster is None:
+            self._cluster = RayExecutor()  # the cluster this process is connected to
+        parts = max(1, min(len(rows), self._cluster.workers))
         size = -(-len(rows) // parts)
-        calls = [
-            self._remote.remote(self.config, verifier, list(rows[i : i + size]))
-            for i in range(0, len(rows), size)
-        ]
-        return [verdict for group in ray.get(calls) for verdict in group]
+        groups = [list(rows[i : i + size]) for i in range(0, len(rows), size)]
+        checked = self._cluster.map(check_on_node, (self.config, verifier), groups)
+        return [verdict for _, group in checked for verdict in group]
 
 
 _NODE_POOLS: dict[str, VerifierPool] = {}  # one per Ray worker process and configuration
 
 
-def check_on_node(config: VerifyConfig, verifier: Verifier, rows: list[dict[str, Any]]) -> list[Verdict]:
+def check_on_node(shared: tuple[VerifyConfig, Verifier], rows: list[dict[str, Any]]) -> list[Verdict]:
     """A Ray task: `rows` checked by this worker process's own one-worker sandboxed pool."""
+    config, verifier = shared
     key = config.model_dump_json()
     if key not in _NODE_POOLS:
         limits = Limits(wall_seconds=config.wall_seconds, memory_bytes=config.memory_mb << 20)

@@ -249,18 +249,30 @@ print(numba.get_num_threads(), [threads for _, threads in RayExecutor(address="{
 def test_a_task_sees_only_the_gpus_it_asked_for(tmp_path: Path) -> None:
     """On a node with a GPU (a logical one here), a task that asks for none is shown none, so its
     kernels run on its CPU slot; one given a share of the GPU sees that GPU. `kernels` gives Triton
-    tasks that share, and everything else none."""
+    tasks that share, and everything else none. `verify`'s checks on the nodes are such tasks too."""
     script = """
 import json, os, ray
 ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+from synthkiln.engine.config import VerifyConfig
 from synthkiln.engine.executor import GPU_SHARE, RayExecutor
+from synthkiln.engine.stages.verify import build_pool
+from synthkiln.verifiers import Verdict, Verifier
+
+class SeenDevices(Verifier):  # a check that reports the GPUs its worker process is shown
+    name = "seen-devices"
+    def job(self, row):
+        return Verdict(self.name, "passed", os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+
 executor = RayExecutor()
 visible = lambda shared, item: os.environ.get("CUDA_VISIBLE_DEVICES")
+with build_pool(VerifyConfig(), "ray") as pool:
+    checked = pool.check_batch(SeenDevices(), [{"n": n} for n in range(4)])
 print(json.dumps({
     "cpu": [seen for _, seen in executor.map(visible, None, range(3))],
     "gpu": [seen for _, seen in executor.map(visible, None, range(3), gpus=GPU_SHARE)],
     "kernels": [executor.kernels(backend) for backend in ("auto", "numba", "triton")],
     "model": executor.gpu_share(),
+    "verify": [verdict.detail for verdict in checked],
 }))
 """
     env = {key: value for key, value in RAY_ENV.items() if key != "CUDA_VISIBLE_DEVICES"}
@@ -272,6 +284,7 @@ print(json.dumps({
         "gpu": ["0", "0", "0"],
         "kernels": [["auto", 0.0], ["numba", 0.0], ["triton", 0.25]],
         "model": 0.25,  # MiniLM's tasks, while a share is free
+        "verify": ["", "", "", ""],
     }
 
 
