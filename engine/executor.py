@@ -1,10 +1,11 @@
 """Where the per-batch work of a command runs: in this process, or as tasks on a Ray cluster.
 
 One interface for both: `map(fn, shared, items)` calls `fn(shared, item)` for every item and yields
-`(item, result)` in the items' order (`payload(item)`, when given, is what is sent). `shared` (a benchmark index, a plan) is sent once: through the
-object store on Ray, where a task's arguments would otherwise copy it per call. Results come back in
-order, so a command decides exactly as it does locally; at most `2 x workers` tasks are in flight, so
-a corpus streams through the cluster without being held in the driver.
+`(item, result)` in the items' order (`payload(item)`, when given, is what is sent). `shared` (a
+benchmark index, a plan) is sent once: through the object store on Ray, where a task's arguments would
+otherwise copy it per call. Results come back in order, so a command decides exactly as it does
+locally; at most `2 x workers` tasks are in flight, so a corpus streams through the cluster without
+being held in the driver.
 
 A task of `map` uses the devices Ray gave it and no other: one that asks for no GPU sees none (recent Ray stopped
 hiding them; a GPU node's CPU tasks would otherwise all pick Triton and share its GPUs unscheduled),

@@ -8,7 +8,8 @@ refused, with what was found named; nothing in it is touched. While open, an exc
 
 What is "ours" is decided by exact names, never by a manifest's word alone: shards are
 ``part-NNNNN.parquet`` (`run`) or ``part-rR-NNNNN.parquet`` (corpus commands, R the run), extra files
-``NAME-rR.EXT`` (dedup's ``index-r1.npz`` and ``index-r1.npy``), temporaries ``.NAME.tmp`` of those, the manifest and the card.
+``NAME-rR.EXT`` (dedup's ``index-r1.npz`` and ``index-r1.npy``), temporaries ``.NAME.tmp`` of those,
+the manifest and the card.
 A manifest listing any other path (``../x``, ``/etc/...``) is refused, and symlinked folders, lock or
 manifest are refused rather than followed.
 
