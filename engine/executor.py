@@ -29,9 +29,10 @@ from synthkiln.engine.errors import SynthkilnError
 
 Item = TypeVar("Item")
 EXECUTORS = ("local", "ray")
+_CANCEL_WAIT_S = 10
 GPU_SHARE = 0.25  # a Triton task's share of a GPU: four overlap their CPU work (reading, band keys) on one
-# Ray hides the GPUs from a task that asks for none only with this set (ray-project/ray#54868).
-_HIDE_UNASKED_GPUS = {"env_vars": {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}}
+# Ray hides the GPUs from a task or actor that asks for none only with this set (ray-project/ray#54868).
+HIDE_UNASKED_GPUS = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
 
 
 class LocalExecutor:
@@ -116,7 +117,7 @@ class RayExecutor(LocalExecutor):
         if remote is None:
             task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(_in_one_cpu)
             remote = self._remotes[fn, gpus] = task.options(
-                name=fn.__name__, num_gpus=gpus, runtime_env=_HIDE_UNASKED_GPUS
+                name=fn.__name__, num_gpus=gpus, runtime_env={"env_vars": HIDE_UNASKED_GPUS}
             )
         shared_ref = ray.put(shared)
         pending: deque[tuple[Item, Any]] = deque()
@@ -130,6 +131,8 @@ class RayExecutor(LocalExecutor):
         finally:  # an error (or a consumer that stops): no task goes on writing behind our back
             for _, ref in pending:
                 ray.cancel(ref, force=True)
+            if pending:  # cancelling returns at once: wait for the workers to be gone before cleaning up
+                ray.wait([ref for _, ref in pending], num_returns=len(pending), timeout=_CANCEL_WAIT_S)
 
     def kernels(self, backend: str) -> tuple[str, float]:
         """`auto` and `numba`: Numba in CPU tasks, which see no GPU. `triton`: each task asks for

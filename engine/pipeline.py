@@ -849,23 +849,35 @@ class Pipeline:
         """The window's prompts that fit, with `max_tokens`, in the context of the teacher they go to;
         the others (a 5 MB seed line would exhaust the teacher's memory) are quarantined."""
         max_tokens = self.recipe.sampling.max_tokens
+        counted: dict[int, list[Prompt]] = {}  # teacher -> its prompts that need counting
+        for prompt in window.prompts:
+            index = self._teacher_for(prompt.prompt_id)
+            if self.teachers[index].context_length is not None:
+                counted.setdefault(index, []).append(prompt)
+        tokens_of = {
+            prompt.prompt_id: tokens
+            for index, prompts in counted.items()
+            for prompt, tokens in zip(
+                prompts, self.teachers[index].prompts_tokens([p.messages for p in prompts]), strict=True
+            )
+        }
         fitting = []
         for prompt in window.prompts:
             teacher = self.teachers[self._teacher_for(prompt.prompt_id)]
             if teacher.context_length is None:
                 fitting.append(prompt)
                 continue
-            tokens = teacher.prompt_tokens(prompt.messages)
+            tokens = tokens_of[prompt.prompt_id]
             if tokens + max_tokens <= teacher.context_length:
                 fitting.append(prompt)
                 continue
-            counted = (
+            count = (
                 f"{tokens} tokens"
                 if teacher.counts_tokens_exactly
                 else f"an estimated {tokens} tokens (from its characters)"
             )
             detail = (
-                f"{_where(prompt.seed_source, prompt.seed_row)}: the prompt takes {counted}; with "
+                f"{_where(prompt.seed_source, prompt.seed_row)}: the prompt takes {count}; with "
                 f"max_tokens {max_tokens} it does not fit the {teacher.context_length}-token context of "
                 f"teacher '{teacher.name}'"
             )

@@ -440,6 +440,7 @@ def _write_shards(
     current = None
     with (
         contextlib.closing(batches),
+        contextlib.closing(results),  # a failure here cancels the tasks still running, then and there
         tqdm(desc=name, unit="row", disable=not progress) as bar,
         ThreadPoolExecutor(SHARD_WRITERS, thread_name_prefix="shards") as writers,
     ):

@@ -89,7 +89,8 @@ class Dedup(CorpusCommand):
             ):
                 source_rows[number] += len(batch)
                 if self.keep != "first":  # read back for the rows that have near-duplicates only
-                    save_whole(work / f"priority-{chunk}.npy", _priority(batch, self.keep, self.text_field))
+                    priority = _priority(batch, self.keep, self.text_field, sources[number].path)
+                    save_whole(work / f"priority-{chunk}.npy", priority)
                 nulls = pc.is_null(batch.column(self.text_field)).to_numpy(zero_copy_only=False)
                 quarantined.append(base + np.flatnonzero(nulls))
                 counts.append(partition_counts)
@@ -356,11 +357,17 @@ def two_decimals(values: np.ndarray) -> pa.Array:
     return pa.array([f"{value:.2f}" for value in distinct_values.tolist()], pa.string()).take(positions)
 
 
-def _priority(batch: pa.RecordBatch, keep: str, text_field: str) -> np.ndarray:
+def _priority(batch: pa.RecordBatch, keep: str, text_field: str, path: object) -> np.ndarray:
     if keep == "longest":
         return pc.fill_null(pc.utf8_length(batch.column(text_field)), 0).to_numpy().astype(np.float64)
     column = keep.split(":", 1)[1]  # present: the skeleton checked every input's fields
-    scores = pc.cast(batch.column(column), pa.float64())
+    try:
+        scores = pc.cast(batch.column(column), pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise SynthkilnError(
+            f"{path}: field '{column}' (from --keep {keep}) must hold numbers; it holds "
+            f"{batch.schema.field(column).type}: {str(exc).splitlines()[0]}"
+        ) from None
     return pc.fill_null(scores, -np.inf).to_numpy()
 
 

@@ -139,7 +139,7 @@ class OutputDirectory:
             return
         ours, _ = _scratch_files(work)
         for path in ours:
-            path.unlink()
+            path.unlink(missing_ok=True)  # a cancelled task may have renamed its file away meanwhile
         for run in work.iterdir():
             with contextlib.suppress(OSError):  # not ours, or still holding what we did not write
                 run.rmdir()

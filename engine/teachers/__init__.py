@@ -130,6 +130,11 @@ class Teacher(ABC):
         """Tokens the prompt takes once templated; here estimated from its characters."""
         return sum(len(m["content"]) for m in messages) // _CHARS_PER_TOKEN_BOUND
 
+    def prompts_tokens(self, prompts: list[list[dict[str, str]]]) -> list[int]:
+        """`prompt_tokens` of each prompt (one call for a window: a remote teacher answers it in one
+        round trip rather than one per prompt)."""
+        return [self.prompt_tokens(messages) for messages in prompts]
+
     @abstractmethod
     def close(self) -> None:
         """Release the model. Safe to call twice."""

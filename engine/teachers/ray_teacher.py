@@ -21,6 +21,7 @@ from typing import Any
 
 from synthkiln.engine.config import SamplingConfig, TeacherConfig
 from synthkiln.engine.errors import TeacherError
+from synthkiln.engine.executor import HIDE_UNASKED_GPUS
 from synthkiln.engine.teachers import Finished, GenerationRequest, Teacher
 
 _POLL_S = 0.05  # a poll waits this long for a call to finish, about one engine step
@@ -50,8 +51,8 @@ class TeacherActor:
             "pid": os.getpid(),
         }
 
-    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        return self.teacher.prompt_tokens(messages)
+    def prompts_tokens(self, prompts: list[list[dict[str, str]]]) -> list[int]:
+        return self.teacher.prompts_tokens(prompts)
 
     def complete(self, request: GenerationRequest, sampling: SamplingConfig) -> Finished:
         from synthkiln.engine.generation import Job
@@ -89,23 +90,26 @@ class RayTeacher(Teacher):
                 f"{gpus_per_actor * actors:g} GPUs; the Ray cluster has {gpus:g}"
             )
         single = config.model_copy(update={"replicas": 1}) if hasattr(config, "replicas") else config
-        # Ray pins a 1-CPU actor to one thread (OMP_NUM_THREADS=1); a model on CPU wants the node's cores.
-        threads = {} if gpus_per_actor else {"env_vars": {"OMP_NUM_THREADS": str(os.cpu_count() or 1)}}
+        # An actor that asked for no GPU is shown none (a transformers teacher would otherwise pick a
+        # GPU nobody scheduled, and its dtype with it); Ray pins a 1-CPU actor to one thread
+        # (OMP_NUM_THREADS=1), and a model on CPU wants the node's cores.
+        env = {} if gpus_per_actor else {**HIDE_UNASKED_GPUS, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
         actor_class = ray.remote(TeacherActor).options(
             num_cpus=1,
             num_gpus=gpus_per_actor,
             max_restarts=ACTOR_RESTARTS,
             max_task_retries=ACTOR_RESTARTS,
             max_concurrency=1024,
-            runtime_env=threads,
+            runtime_env={"env_vars": env},
         )
         self._actors = [actor_class.remote(single) for _ in range(actors)]
         try:
             infos = ray.get([actor.info.remote() for actor in self._actors], timeout=_START_S)
         except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
             self.close()
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise TeacherError(f"teacher '{config.label}': its Ray actors did not start: {reason}") from None
+            raise TeacherError(
+                f"teacher '{config.label}': its Ray actors did not start: {actor_failure(exc)}"
+            ) from None
         first = infos[0]
         self._describe = {**first["describe"], "executor": "ray", "actors": actors}
         self.context_length = first["context_length"]
@@ -149,23 +153,43 @@ class RayTeacher(Teacher):
             except ray.exceptions.RayTaskError as exc:  # the engine's own failure, as the actor saw it
                 raise TeacherError(f"teacher '{self.name}': {getattr(exc, 'cause', None) or exc}") from None
             except ray.exceptions.RayError as exc:  # the actor died past its restarts, lost objects...
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise TeacherError(
-                    f"teacher '{self.name}': its Ray actor failed ({reason}); the run stops here "
-                    "(everything committed is kept: run the same command again to resume)"
-                ) from None
+                raise self._lost(exc) from None
         return finished
+
+    def _lost(self, exc: Exception) -> TeacherError:
+        return TeacherError(
+            f"teacher '{self.name}': its Ray actor failed ({actor_failure(exc)}); the run stops here "
+            "(everything committed is kept: run the same command again to resume)"
+        )
 
     def abort(self) -> None:
         """Drop the calls in flight: each actor's engine drops its requests, the calls return (their
         results unread) and the load counts go back to zero."""
-        self._ray.get([actor.abort.remote() for actor in self._actors])
-        self._ray.wait(list(self._pending), num_returns=len(self._pending), timeout=60)
+        ray = self._ray
+        try:  # an actor being restarted answers once it is up; one past its restarts, never
+            ray.get([actor.abort.remote() for actor in self._actors], timeout=_START_S)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as exc:
+            raise self._lost(exc) from None
+        ray.wait(list(self._pending), num_returns=len(self._pending), timeout=60)
         self._pending.clear()
         self._load = [0] * len(self._actors)
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        return self._ray.get(self._actors[0].prompt_tokens.remote(messages))
+        return self.prompts_tokens([messages])[0]
+
+    def prompts_tokens(self, prompts: list[list[dict[str, str]]]) -> list[int]:
+        """Counted by the actors, a contiguous part of `prompts` each: one round trip per part."""
+        if not prompts:
+            return []
+        size = -(-len(prompts) // len(self._actors))
+        calls = [
+            actor.prompts_tokens.remote(prompts[start : start + size])
+            for actor, start in zip(self._actors, range(0, len(prompts), size), strict=False)
+        ]
+        try:
+            return [tokens for part in self._ray.get(calls) for tokens in part]
+        except self._ray.exceptions.RayError as exc:
+            raise self._lost(exc) from None
 
     def describe(self) -> dict[str, Any]:
         return self._describe
@@ -174,6 +198,18 @@ class RayTeacher(Teacher):
         for actor in getattr(self, "_actors", []):
             self._ray.kill(actor, no_restart=True)
         self._actors = []
+
+
+def actor_failure(exc: Exception) -> str:
+    """Why an actor call failed, in a line: the teacher's own error where it raised one (Ray puts it
+    last, after its traceback), else Ray's first line."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    raised, _, message = lines[-1].partition(": ")
+    if raised.startswith("synthkiln.") and message:
+        return message
+    return lines[0]
 
 
 def build_ray_teachers(configs: list[TeacherConfig], actors_per_teacher: int | None) -> list[Teacher]:

@@ -288,6 +288,47 @@ print(json.dumps({
     }
 
 
+CANCELLED_MAP = """
+import json, os, sys, time, ray
+ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+from synthkiln.engine.executor import RayExecutor
+
+def write_on(folder, item):  # the first item returns; the others write to their file until killed
+    while item:
+        with open(os.path.join(folder, f"task-{item}"), "a") as handle:
+            handle.write("x")
+        time.sleep(0.005)
+    return item
+
+folder = sys.argv[1]
+results = RayExecutor().map(write_on, folder, range(4))
+assert next(results) == (0, 0)
+while not os.listdir(folder):
+    time.sleep(0.01)
+results.close()  # what a command's failure does to the map it was reading
+sizes = lambda: {name: os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder)}
+closed = sizes()
+time.sleep(1)
+print(json.dumps({"closed": closed, "later": sizes()}))
+"""
+
+
+def test_a_map_closed_early_returns_once_its_tasks_are_gone(tmp_path: Path) -> None:
+    """A command that fails cleans up its scratch files after closing its map: by then no task of it
+    may still be writing there."""
+    done = subprocess.run(
+        [sys.executable, "-c", CANCELLED_MAP, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=RAY_ENV,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert len(seen["closed"]) >= 1  # tasks were writing when the map was closed
+    assert seen["later"] == seen["closed"]  # and none wrote a byte after
+
+
 @pytest.mark.parametrize("command", ["dedup", "decontaminate"])
 def test_triton_on_a_cluster_without_gpus_is_refused(
     command: str, corpus, tmp_path: Path, gsm8k_dir: Path, cluster: str

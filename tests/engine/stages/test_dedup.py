@@ -155,6 +155,19 @@ def test_keep_by_score_column(planted, tmp_path: Path) -> None:
     assert (
         bad.returncode == 2 and "corpus.jsonl: no field 'missing' (from --keep score:missing)" in bad.stderr
     )
+    words = tmp_path / "words.jsonl"  # a score field of words, not numbers
+    words.write_text(
+        "".join(json.dumps({"text": f"row {n} of a corpus", "score": "high"}) + "\n" for n in range(3))
+    )
+    bad = run(
+        "dedup", str(words), "--out", str(tmp_path / "y"), "--keep", "score:score", "--quiet", check=False
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert (
+        f"error: {words}: field 'score' (from --keep score:score) must hold numbers; it holds string"
+        in bad.stderr
+    )
+    assert not (tmp_path / "y" / "manifest.json").exists()
 
 
 def test_bad_input_is_named_or_quarantined(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from synthkiln.engine import Pipeline
+from synthkiln.engine.errors import TeacherError
 from tests.engine.test_pipeline import committed_rows
 
 pytestmark = pytest.mark.slow
@@ -124,3 +125,28 @@ def test_engine_actor_killed_mid_run_loses_and_doubles_nothing(
     rows = rows_of(out)
     assert len({(prompt, sample) for prompt, sample, *_ in rows}) == len(rows)  # nothing doubled
     assert rows == local_rows  # nothing lost, the retried requests gave the same completions
+
+
+def test_prompt_counts_come_back_from_the_actors_as_counted_locally(recipe: dict, local_ray) -> None:
+    """The feeder counts a window's prompts in one call per actor: the counts are the model's own."""
+    prompts = [[{"role": "user", "content": text}] for text in INSTRUCTIONS]
+    with Pipeline.from_recipe(recipe) as local:
+        expected = [local.teachers[0].prompt_tokens(messages) for messages in prompts]
+    with Pipeline.from_recipe({**recipe, "executor": "ray", "ray": {"actors_per_teacher": 2}}) as pipeline:
+        teacher = pipeline.teachers[0]
+        assert teacher.counts_tokens_exactly
+        assert teacher.prompts_tokens(prompts) == expected
+        assert teacher.prompts_tokens(prompts[:1]) == expected[:1]
+    assert len(set(expected)) > 3  # prompts of different lengths, counted apart
+
+
+def test_an_actor_that_cannot_load_its_teacher_says_why(recipe: dict, local_ray) -> None:
+    broken = {
+        **recipe,
+        "executor": "ray",
+        "teachers": [{"backend": "transformers", "model": "embedded:nope"}],
+    }
+    with Pipeline.from_recipe(broken) as pipeline, pytest.raises(TeacherError) as raised:
+        pipeline.teachers  # noqa: B018
+    assert str(raised.value).startswith("teacher 'transformers': its Ray actors did not start: ")
+    assert "unknown embedded model 'embedded:nope'" in str(raised.value)
